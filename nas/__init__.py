@@ -1,0 +1,1 @@
+"""qkvnas: architecture search over attention designs, measured on the target hardware."""

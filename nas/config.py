@@ -1,0 +1,245 @@
+"""A study, described by a TOML file or a shipped preset, validated before anything starts.
+
+``load_config("study.toml", ["trials=40", "budget.tokens=50000"])`` reads the file (or the
+preset of that name under ``nas/presets/``), applies the ``--set`` overrides and validates the
+result. Any mistake is a ``ValueError`` of one line that names the key path and the fix, e.g.
+``study.toml: budget.tokenz: unknown key; known keys are [...]``.
+
+The budget, measurement and probe sections are the plain dataclasses of the modules that use
+them (``TrainBudget``, ``MeasureSettings``, ``ProbeBudget``), so their own checks apply and no
+default is written twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nas.measure import MeasureSettings
+from nas.probe import ProbeBudget
+from nas.train import TrainBudget
+from objectives import get_objective
+
+PRESET_DIR = Path(__file__).parent / "presets"
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Section(BaseModel):
+    # Strict JSON-mode validation: no bool-as-int, no float-as-int, lists become tuples.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SpaceConfig(_Section):
+    name: str = "paper"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplerConfig(_Section):
+    name: Literal["tpe", "nsga2", "nsga3", "gp", "random"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the sampler
+
+
+class ResourcesConfig(_Section):
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)  # fractions share one GPU between trials
+    max_concurrent: int = Field(default=1, ge=1)
+
+
+class ProbeConfig(_Section):
+    budget: ProbeBudget = Field(default_factory=ProbeBudget)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> size parameters
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None: a local Ray starts and stops with the run
+    dashboard: bool = False
+
+
+class StudyConfig(_Section):
+    name: str
+    directory: str | None = None  # None → studies/<name>
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    data: str | None = None  # None → the shipped Shakespeare corpus
+    budget: TrainBudget
+    objectives: tuple[str, ...]
+    constraints: dict[str, float] = Field(default_factory=dict)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    trials: int = Field(ge=1)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    storage: str | None = None  # None → SQLite in the study directory; a URL; or journal:PATH
+    measure: MeasureSettings = Field(default_factory=MeasureSettings)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not a usable study name; use letters, digits, '_', '-' or '.'")
+        return name
+
+    @field_validator("objectives")
+    @classmethod
+    def _check_objectives(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not 2 <= len(names) <= 4:
+            raise ValueError(f"give 2 to 4 objectives, not {len(names)}, e.g. [\"val_loss\", \"kv_cache_bytes_per_token\"]")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{list(names)} names an objective twice; list each once")
+        for name in names:
+            get_objective(name)
+        return names
+
+    @field_validator("constraints")
+    @classmethod
+    def _check_constraints(cls, limits: dict[str, float]) -> dict[str, float]:
+        for key in limits:
+            constraint_objective(key)
+        return limits
+
+    @model_validator(mode="after")
+    def _check_space(self) -> "StudyConfig":
+        from search_spaces import get_space
+
+        try:
+            get_space(self.space.name, **self.space.options)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"space: {err}") from None
+        return self
+
+    # ---- derived -----------------------------------------------------------------
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.directory) if self.directory else Path("studies") / self.name
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What a trial has to do: {"costs", "measure", "train", "probe"} ∩ objectives ∪ constraints."""
+        names = list(self.objectives) + [constraint_objective(key)[1] for key in self.constraints]
+        return frozenset().union(*(get_objective(name).needs for name in names))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "stored config") -> "StudyConfig":
+        return _validate(json.loads(text), source)
+
+
+def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
+    """``"max_params"`` → ("max", "params"): a constraint is a bound on an objective's value."""
+    bound, _, name = key.partition("_")
+    if bound not in ("max", "min") or not name:
+        raise ValueError(f"constraint {key!r} must be max_<objective> or min_<objective>, e.g. max_params")
+    try:
+        get_objective(name)
+    except ValueError as err:
+        raise ValueError(f"constraint {key!r}: {err}") from None
+    return bound, name  # type: ignore[return-value]
+
+
+# ---- loading ----------------------------------------------------------------------------
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read a study file or a preset name, apply ``key.path=value`` overrides, validate."""
+    path = Path(path_or_preset)
+    if not path.is_file():
+        if str(path_or_preset) not in presets():
+            raise ValueError(
+                f"{str(path_or_preset)!r} is neither a study file nor a preset; give a .toml path "
+                f"or one of the presets {presets()}"
+            )
+        path = PRESET_DIR / f"{path_or_preset}.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return _validate(raw, str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``"budget.tokens=50000"`` sets raw["budget"]["tokens"]; the value is read as TOML."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {item!r} must look like key.path=value, e.g. --set budget.tokens=50000")
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {item!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
+        node = child
+    node[leaf] = parse_value(text.strip())
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``40``, ``1e-3``, ``true``, ``[\"a\", \"b\"]``, ``\"x\"``); else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _validate(raw: dict[str, Any], source: str) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate_json(json.dumps(raw, default=str))
+    except ValidationError as err:
+        raise ValueError(f"{source}: {format_errors(err)}") from None
+
+
+# ---- error messages ---------------------------------------------------------------------
+def format_errors(err: ValidationError) -> str:
+    """All problems on one line: ``key.path: what is wrong; fix``, separated by ' | '."""
+    return " | ".join(_one(e) for e in err.errors())
+
+
+def _one(error: Any) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind, got = error["type"], error.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = _known_keys(error["loc"][:-1])
+        return f"{path}: unknown key; known keys are {known}" if known else f"{path}: unknown key; remove it"
+    if kind == "missing":
+        return f"{path}: required; add it to the study file"
+    if kind == "value_error":
+        return f"{path}: {error['msg'].removeprefix('Value error, ')}"
+    if kind == "literal_error":
+        return f"{path}: {got!r} is not allowed; {error['msg'].lower()}"
+    return f"{path}: {error['msg'].lower()} (got {got!r})"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (a model or a dataclass), for 'unknown key' errors."""
+    model: Any = StudyConfig
+    for part in loc:
+        fields = _fields_of(model)
+        if part not in fields:
+            return []
+        model = fields[part]
+        for arg in typing.get_args(model) or (model,):
+            if _fields_of(arg):
+                model = arg
+                break
+    return sorted(_fields_of(model))
+
+
+def _fields_of(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, type) and issubclass(obj, BaseModel):
+        return {name: f.annotation for name, f in obj.model_fields.items()}
+    if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+        hints = typing.get_type_hints(obj)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(obj)}
+    return {}

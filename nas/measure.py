@@ -1,0 +1,766 @@
+"""Hardware objectives measured honestly: throughput, memory, KV cache, energy and MFU of one design.
+
+The protocol (`time_calls`): warm-up calls, then `repeats` timed repeats, each long enough to
+last `min_repeat_s`; a figure is the median over the repeats, stored with its coefficient of
+variation. CUDA is timed with events and synchronisation, the CPU with `perf_counter`.
+
+`measure(spec, settings)` builds its own fresh, seeded model from the spec (never the model a
+study trains) and holds `measurement_lock()` throughout, so trials that share a node never
+measure at the same time. A figure this machine cannot measure is None, with a one-line reason
+in `Measurement.unavailable`; nothing is estimated in its place.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import math
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nas.fingerprint import MB, Nvml, fingerprint
+from search_spaces.spec import ArchSpec
+
+try:  # POSIX: a per-node lock that other processes see
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: serialise within this process only
+    fcntl = None  # type: ignore[assignment]
+
+PHASES: tuple[str, ...] = ("train", "prefill", "decode", "memory")
+AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
+LOCK_FILE = "qkvnas-measure.lock"
+
+
+# ---- settings -------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class MeasureSettings:
+    """How one design is measured. The settings are stored in the fingerprint beside the figures."""
+
+    batch_size: int = 8  # training throughput and peak memory
+    seq_len: int | None = None  # None → spec.context
+    decode_contexts: tuple[int, ...] | None = None  # tokens in the cache at the end; None → (spec.context,)
+    decode_batch: int = 1  # batch of prefill and decode
+    decode_tokens: int = 32  # tokens decoded per timed call (at most half the context)
+    warmup: int = 2
+    repeats: int = 5
+    min_repeat_s: float = 0.2  # a repeat runs the step enough times to last this long
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "float32"  # autocast dtype; "float32" runs without autocast
+    compile: bool = False  # torch.compile the model
+    sdpa_backend: str | None = None  # torch.nn.attention.sdpa_kernel: math | flash | efficient | cudnn
+    threads: int | None = None  # torch intra-op threads while measuring; None leaves them
+    include: tuple[str, ...] = PHASES
+    seed: int = 0
+    lock: bool = True  # hold measurement_lock(); off only for callers that hold it themselves
+
+    def __post_init__(self) -> None:
+        # JSON and the command line give lists; the frozen record keeps tuples.
+        for name in ("decode_contexts", "include"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        for name in ("batch_size", "decode_batch", "decode_tokens", "repeats"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("warmup", self.warmup, 0)
+        for name in ("seq_len", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.decode_contexts is not None:
+            if not self.decode_contexts:
+                raise ValueError("decode_contexts is empty; give at least one context, e.g. [512, 2048], or null")
+            for c in self.decode_contexts:
+                _check_int("decode_contexts", c, 2)
+        if not isinstance(self.min_repeat_s, (int, float)) or self.min_repeat_s < 0:
+            raise ValueError(f"min_repeat_s={self.min_repeat_s!r} must be a number >= 0 (seconds)")
+        if self.dtype not in AUTOCAST:
+            raise ValueError(f"dtype={self.dtype!r} is not known; use one of {list(AUTOCAST)}")
+        if self.sdpa_backend is not None and self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend={self.sdpa_backend!r} is not known; use one of {list(SDPA_BACKENDS)} or null")
+        unknown = sorted(set(self.include) - set(PHASES))
+        if unknown or not self.include:
+            raise ValueError(f"include={list(self.include)} must be a non-empty subset of {list(PHASES)}")
+        if self.compile and self.warmup < 1:
+            raise ValueError("compile=true needs warmup >= 1, so that compilation is not timed")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def seq_len_for(self, spec: ArchSpec) -> int:
+        T = spec.context if self.seq_len is None else self.seq_len
+        if T > spec.context:
+            raise ValueError(f"seq_len={T} exceeds the design's context={spec.context}; use at most {spec.context}")
+        return T
+
+    def contexts_for(self, spec: ArchSpec) -> tuple[int, ...]:
+        return (spec.context,) if self.decode_contexts is None else self.decode_contexts
+
+
+def _check_int(name: str, value: object, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name}={value!r} must be an integer >= {least}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → the first CUDA device if torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but torch sees no CUDA device here; use device='cpu' or 'auto'")
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise ValueError(f"device={name!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+# ---- statistics -----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Stat:
+    """A measured figure: the median over repeats, its spread, and the repeats themselves."""
+
+    median: float
+    cv: float | None  # sample standard deviation / mean; None with a single repeat
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: list[float] | tuple[float, ...]) -> "Stat":
+        if not samples:
+            raise ValueError("a figure needs at least one sample")
+        return cls(median=statistics.median(samples), cv=coefficient_of_variation(samples), samples=tuple(samples))
+
+
+def coefficient_of_variation(samples: list[float] | tuple[float, ...]) -> float | None:
+    if len(samples) < 2:
+        return None
+    mean = statistics.fmean(samples)
+    return statistics.stdev(samples) / mean if mean else None
+
+
+# ---- the timing protocol --------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    seconds: tuple[float, ...]  # per call, one entry per repeat
+    calls_per_repeat: int
+    energy_j: float | None  # over all timed calls; None without an energy counter
+
+    @property
+    def calls(self) -> int:
+        return self.calls_per_repeat * len(self.seconds)
+
+    def rate(self, units_per_call: float) -> Stat:
+        """Units (tokens, FLOPs) per second, one sample per repeat."""
+        return Stat.of([units_per_call / s for s in self.seconds])
+
+
+class _Clock:
+    """Times one callable on a device, and adds up the energy counter over the timed windows."""
+
+    def __init__(self, device: torch.device, energy_mj: Callable[[], int | None] | None = None) -> None:
+        self.device, self.energy_mj = device, energy_mj
+        self.energy_j: float | None = 0.0 if energy_mj is not None else None
+
+    def time(self, fn: Callable[[], object]) -> float:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)  # earlier, untimed work must not leak into this window
+        e0 = self.energy_mj() if self.energy_mj else None
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1000
+        else:
+            t0 = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - t0
+        if e0 is not None and self.energy_mj is not None:
+            e1 = self.energy_mj()
+            self.energy_j = None if e1 is None or self.energy_j is None else self.energy_j + (e1 - e0) / 1000
+        return seconds
+
+
+def time_calls(
+    step: Callable[[], object],
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    min_repeat_s: float = 0.0,
+    prepare: Callable[[], object] | None = None,
+    energy_mj: Callable[[], int | None] | None = None,
+) -> Timing:
+    """Warm up, then time `repeats` repeats of `step`.
+
+    A repeat runs `step` enough times to last `min_repeat_s` (calibrated on the last warm-up
+    call). `prepare` runs untimed before every call (a fresh cache and its prefill, say); without
+    it the calls of a repeat run back to back under one timer, as a training loop does.
+    """
+    clock = _Clock(device)
+    last = 0.0
+    for _ in range(warmup):
+        if prepare is not None:
+            prepare()
+        last = clock.time(step)
+    calls = max(1, math.ceil(min_repeat_s / last)) if warmup and last > 0 else 1
+    clock = _Clock(device, energy_mj)
+    seconds = []
+    for _ in range(repeats):
+        if prepare is None:
+            seconds.append(clock.time(lambda: [step() for _ in range(calls)]) / calls)
+            continue
+        total = 0.0
+        for _ in range(calls):
+            prepare()
+            total += clock.time(step)
+        seconds.append(total / calls)
+    return Timing(seconds=tuple(seconds), calls_per_repeat=calls, energy_j=clock.energy_j)
+
+
+# ---- memory ---------------------------------------------------------------------------
+class _CpuMemory:
+    """Resident-set growth of this process over a phase (Linux /proc).
+
+    Writing "5" to /proc/self/clear_refs resets VmHWM to the current VmRSS, so the high-water
+    mark of one phase is not hidden by an earlier, larger one. Freed heap is trimmed first, so
+    the baseline is what is really held.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.base_kb = 0
+        if not sys.platform.startswith("linux"):
+            self.reason = f"peak RSS needs Linux /proc (VmHWM, clear_refs); not measured on {sys.platform}"
+
+    def start(self) -> None:
+        if self.reason:
+            return
+        _release_freed_memory()
+        self.base_kb = _proc_status_kb("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+        except OSError as err:
+            self.reason = f"cannot reset the peak RSS (/proc/self/clear_refs: {err.strerror}); not measured"
+
+    def peak_mb(self) -> float | None:
+        return None if self.reason else (_proc_status_kb("VmHWM") - self.base_kb) / 1024
+
+    def held_mb(self) -> float | None:
+        if self.reason:
+            return None
+        _release_freed_memory()
+        return (_proc_status_kb("VmRSS") - self.base_kb) / 1024
+
+
+class _CudaMemory:
+    """Allocator statistics of one CUDA device over a phase: growth of the peak and of what is held."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.reason, self.base = device, None, 0
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # so that the reserved peak is this phase's, not an earlier one's
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def peak_mb(self) -> float:
+        torch.cuda.synchronize(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - self.base) / MB
+
+    def held_mb(self) -> float:
+        gc.collect()
+        return (torch.cuda.memory_allocated(self.device) - self.base) / MB
+
+    def reserved_peak_mb(self) -> float:
+        return torch.cuda.max_memory_reserved(self.device) / MB
+
+
+def _memory_for(device: torch.device) -> _CpuMemory | _CudaMemory:
+    return _CudaMemory(device) if device.type == "cuda" else _CpuMemory()
+
+
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+_LIBC: Any = None
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc), so RSS means memory in use."""
+    global _LIBC
+    gc.collect()
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        _LIBC = ctypes.CDLL(name) if name else False
+    if _LIBC and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+# ---- the per-node lock ----------------------------------------------------------------
+_held = threading.local()
+_process_lock = threading.Lock()
+
+
+def lock_path() -> str:
+    return os.path.join(os.environ.get("QKVNAS_LOCK_DIR") or tempfile.gettempdir(), LOCK_FILE)
+
+
+@contextlib.contextmanager
+def measurement_lock() -> Iterator[float]:
+    """Exclusive use of this node for one measurement; yields the seconds spent waiting.
+
+    An flock on a file in the system temp dir (or $QKVNAS_LOCK_DIR): every process and thread
+    on the node that measures takes it, so no two measurements overlap. Re-entrant within a
+    thread, so a caller may hold it around `measure()`, which takes it too.
+    """
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield 0.0
+        finally:
+            _held.depth -= 1
+        return
+    path = lock_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.perf_counter()
+    # Read-only with O_CREAT: another user's lock file (mode 0644) can still be locked.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:  # pragma: no cover
+            _process_lock.acquire()
+        _held.depth = 1
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            _held.depth = 0
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            else:  # pragma: no cover
+                _process_lock.release()
+    finally:
+        os.close(fd)
+
+
+# ---- decoding, with and without the cache ---------------------------------------------
+@dataclass
+class DecodeState:
+    cache: Any  # nas.model.KVCache, or None when every step recomputes the prefix
+    tokens: Tensor  # (B, S) tokens so far (only grown without a cache)
+    nxt: Tensor  # (B, 1) the token to feed next
+
+
+def start_decode(model: nn.Module, prefix: Tensor, *, use_cache: bool) -> DecodeState:
+    """Run the prefix once (the prefill) and pick the first token greedily."""
+    cache = model.new_cache() if use_cache else None
+    logits = model(prefix, cache)  # (B, P, V)
+    return DecodeState(cache=cache, tokens=prefix, nxt=logits[:, -1].argmax(-1, keepdim=True))
+
+
+def decode(model: nn.Module, state: DecodeState, n_tokens: int) -> None:
+    """Greedy decoding of `n_tokens`: one token per step with the cache, else the whole sequence."""
+    for _ in range(n_tokens):
+        if state.cache is not None:
+            logits = model(state.nxt, state.cache)  # (B, 1, V)
+        else:
+            state.tokens = torch.cat([state.tokens, state.nxt], dim=1)
+            logits = model(state.tokens)  # (B, S, V): the prefix is recomputed every step
+        state.nxt = logits[:, -1].argmax(-1, keepdim=True)
+
+
+def decode_steps_for(context: int, decode_tokens: int) -> int:
+    """Tokens decoded at `context`: at most half of it, so the steps run near that context."""
+    return max(1, min(decode_tokens, context // 2))
+
+
+def measure_decode(
+    model: nn.Module,
+    *,
+    context: int,
+    batch: int = 1,
+    decode_tokens: int = 32,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    min_repeat_s: float = 0.0,
+    seed: int = 0,
+    energy_mj: Callable[[], int | None] | None = None,
+) -> tuple[Stat, Timing, DecodeState]:
+    """Decode tokens/s at `context`: the prefix (context - n tokens) runs untimed, then n greedy
+    steps are timed, so the cache holds `context` tokens at the end. Returns the last state."""
+    device = torch.device(device)
+    n = decode_steps_for(context, decode_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, model.spec.vocab_size, (batch, context - n), generator=gen).to(device)
+    box: dict[str, DecodeState] = {}
+
+    def prepare() -> None:
+        box.pop("state", None)  # free the last cache before the next prefill
+        box["state"] = start_decode(model, prefix, use_cache=use_cache)
+
+    with torch.no_grad():
+        timing = time_calls(lambda: decode(model, box["state"], n), device=device, warmup=warmup, repeats=repeats,
+                            min_repeat_s=min_repeat_s, prepare=prepare, energy_mj=energy_mj)
+    return timing.rate(batch * n), timing, box["state"]
+
+
+# ---- peak FLOP/s ----------------------------------------------------------------------
+_PEAK_FLOPS: dict[tuple[str, str], float] = {}
+
+
+def peak_flops(device: torch.device, dtype: str = "float32") -> float:
+    """FLOP/s of a large square matmul in `dtype` on `device`, measured once per process."""
+    key = (str(device), dtype)
+    if key not in _PEAK_FLOPS:
+        n = 8192 if device.type == "cuda" else 2048
+        torch_dtype = AUTOCAST[dtype] or torch.float32
+        gen = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype) for _ in range(2))
+        out = torch.empty_like(a)
+        timing = time_calls(lambda: torch.mm(a, b, out=out), device=device, warmup=2, repeats=5, min_repeat_s=0.1)
+        _PEAK_FLOPS[key] = timing.rate(2 * n**3).median
+    return _PEAK_FLOPS[key]
+
+
+# ---- the result -----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """Every figure of one design. `figures` holds plain values (None where unavailable);
+    `stats` the timed figures with their spread; `unavailable` a reason for each None."""
+
+    spec_hash: str
+    settings: MeasureSettings
+    fingerprint: dict[str, Any]
+    stats: dict[str, Stat] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    lock_wait_s: float = 0.0
+
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat and JSON-able: each timed figure `x` as its median, with `x_cv` beside it."""
+        out: dict[str, Any] = {"spec_hash": self.spec_hash, "wall_s": self.wall_s, "lock_wait_s": self.lock_wait_s}
+        out.update(self.figures)
+        for name, stat in self.stats.items():
+            out[name], out[f"{name}_cv"] = stat.median, stat.cv
+        out["samples"] = {name: list(stat.samples) for name, stat in self.stats.items()}
+        out["unavailable"] = dict(self.unavailable)
+        out["fingerprint"] = self.fingerprint
+        return out
+
+
+# ---- measuring one design -------------------------------------------------------------
+def measure(spec: ArchSpec, settings: MeasureSettings | None = None) -> Measurement:
+    """Measure one design on this machine; see the module docstring for the protocol."""
+    s = settings or MeasureSettings()
+    device = resolve_device(s.device)
+    if device.type == "cpu" and s.dtype == "float16":
+        raise ValueError("dtype='float16' autocast is for CUDA; on the CPU use 'bfloat16' or 'float32'")
+    s.seq_len_for(spec)
+    t0 = time.perf_counter()
+    lock = measurement_lock() if s.lock else contextlib.nullcontext(0.0)
+    with lock as waited, _torch_threads(s.threads), torch.random.fork_rng(devices=_rng_devices(device)):
+        run = _Run(spec, s, device)
+        run.train_phase()
+        run.inference_phase()
+        run.mfu()
+        fp = fingerprint(device, run.resolved_settings(), run.nvml)
+    return Measurement(spec_hash=spec.hash, settings=s, fingerprint=fp, stats=run.stats, figures=run.figures,
+                       unavailable=run.unavailable, wall_s=time.perf_counter() - t0, lock_wait_s=waited)
+
+
+class _Run:
+    """The state of one measurement: the spec, settings, device, and the figures so far."""
+
+    def __init__(self, spec: ArchSpec, settings: MeasureSettings, device: torch.device) -> None:
+        self.spec, self.s, self.device = spec, settings, device
+        self.nvml = Nvml(device)
+        self.energy_reason = self.nvml.energy_reason()
+        self.stats: dict[str, Stat] = {}
+        self.figures: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}
+
+    # ---- helpers
+    def put(self, name: str, value: Any, reason: str | None = None) -> None:
+        self.figures[name] = value
+        if value is None:
+            self.unavailable[name] = reason or "not measured"
+
+    def put_stat(self, name: str, stat: Stat | None, reason: str | None = None) -> None:
+        if stat is not None:
+            self.stats[name] = stat
+        else:
+            self.put(name, None, reason)
+            self.put(f"{name}_cv", None, reason)
+
+    def wants(self, phase: str) -> bool:
+        return phase in self.s.include
+
+    def energy(self) -> Callable[[], int | None] | None:
+        return self.nvml.energy_mj if self.energy_reason is None else None
+
+    def fresh_model(self) -> nn.Module:
+        """A new model from the spec, seeded: never the one a study trains."""
+        from nas.model import build_model
+
+        torch.manual_seed(self.s.seed)
+        model = build_model(self.spec).to(self.device)
+        return torch.compile(model) if self.s.compile else model
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = AUTOCAST[self.s.dtype]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @contextlib.contextmanager
+    def accelerated(self) -> Iterator[None]:
+        """Autocast and the SDPA backend asked for; a backend that cannot run this design is a user error."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.autocast())
+            if self.s.sdpa_backend is not None:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                names = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                         "cudnn": "CUDNN_ATTENTION"}
+                stack.enter_context(sdpa_kernel(getattr(SDPBackend, names[self.s.sdpa_backend])))
+            try:
+                yield
+            except RuntimeError as err:
+                if self.s.sdpa_backend is None or "kernel" not in str(err).lower():
+                    raise
+                raise ValueError(
+                    f"sdpa_backend={self.s.sdpa_backend!r} cannot run this design on {self.device}: "
+                    f"{str(err).splitlines()[0]}; choose another backend or null"
+                ) from None
+
+    def cache_dtype(self) -> str:
+        return "float32" if AUTOCAST[self.s.dtype] is None else self.s.dtype
+
+    def resolved_settings(self) -> dict[str, Any]:
+        out = self.s.to_dict()
+        out.update(device=str(self.device), seq_len=self.s.seq_len_for(self.spec),
+                   decode_contexts=list(self.s.contexts_for(self.spec)), autocast=AUTOCAST[self.s.dtype] is not None)
+        return out
+
+    # ---- training: throughput, peak memory, energy
+    def train_phase(self) -> None:
+        speed, memory = self.wants("train"), self.wants("memory")
+        tracker = _memory_for(self.device)
+        if memory:
+            tracker.start()
+        B, T = self.s.batch_size, self.s.seq_len_for(self.spec)
+        model = self.fresh_model().train()
+        step = _train_step(model, B, T, self)
+        timing = None
+        with self.accelerated():
+            if speed:
+                timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
+                                    min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy())
+            elif memory:
+                for _ in range(max(1, self.s.warmup)):  # the first step allocates the optimizer state
+                    step()
+        self.record_train_speed(timing, B * T)
+        self.record_train_memory(tracker if memory else None)
+
+    def record_train_speed(self, timing: Timing | None, tokens_per_step: int) -> None:
+        reason = "not asked for: 'train' is not in include"
+        self.put_stat("train_tokens_per_s", None if timing is None else timing.rate(tokens_per_step), reason)
+        self.put_stat("train_step_s", None if timing is None else Stat.of(timing.seconds), reason)
+        energy = None if timing is None or timing.energy_j is None else timing.energy_j / (timing.calls * tokens_per_step)
+        self.put("energy_j_per_token", energy, reason if timing is None else self.energy_reason)
+
+    def record_train_memory(self, tracker: _CpuMemory | _CudaMemory | None) -> None:
+        off = "not asked for: 'memory' is not in include"
+        cuda_off = off if tracker is None else f"device is {self.device.type}, not CUDA"
+        peak = None if tracker is None else tracker.peak_mb()
+        self.put("peak_memory_mb", peak, off if tracker is None else tracker.reason)
+        cuda = isinstance(tracker, _CudaMemory)
+        self.put("cuda_max_memory_allocated_mb",
+                 None if not cuda else torch.cuda.max_memory_allocated(self.device) / MB, cuda_off)
+        self.put("cuda_max_memory_reserved_mb", tracker.reserved_peak_mb() if cuda else None, cuda_off)
+        used = self.nvml.used_memory_mb() if tracker is not None else None
+        self.put("nvml_used_memory_mb", used, off if tracker is None else self.nvml.reason)
+
+    # ---- inference: prefill and decode at each context, the cache and its memory
+    def inference_phase(self) -> None:
+        contexts = self.s.contexts_for(self.spec)
+        model = self.fresh_model().eval()
+        for i, context in enumerate(contexts):
+            for name, value in self.at_context(model, context).items():
+                if isinstance(value, Stat) or value is None:
+                    self.put_stat(f"{name}_ctx{context}", value, self._why_not(name))
+                    if i == 0:
+                        self.put_stat(name, value, self._why_not(name))
+                else:
+                    self.put(f"{name}_ctx{context}", value)
+                    if i == 0:
+                        self.put(name, value)
+        self.decode_memory(model, contexts[0])
+
+    def _why_not(self, name: str) -> str:
+        if not self.spec.causal and name.startswith("decode"):
+            return "causal=false: an encoder has no incremental decoding"
+        phase = "prefill" if name.startswith("prefill") else "decode"
+        return f"not asked for: '{phase}' is not in include"
+
+    def at_context(self, model: nn.Module, context: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"prefill_tokens_per_s": None, "decode_tokens_per_s": None}
+        with self.accelerated(), torch.no_grad():
+            if self.wants("prefill"):
+                out["prefill_tokens_per_s"] = self.prefill(model, context)
+            if self.wants("decode") and self.spec.causal:
+                stat, timing, state = measure_decode(
+                    model, context=context, batch=self.s.decode_batch, decode_tokens=self.s.decode_tokens,
+                    device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
+                    min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy())
+                out["decode_tokens_per_s"] = stat
+                self.record_cache(state, context)
+                tokens = timing.calls * self.s.decode_batch * decode_steps_for(context, self.s.decode_tokens)
+                energy = None if timing.energy_j is None else timing.energy_j / tokens
+                self.put(f"decode_energy_j_per_token_ctx{context}", energy, self.energy_reason)
+        return out
+
+    def prefill(self, model: nn.Module, context: int) -> Stat:
+        gen = torch.Generator().manual_seed(self.s.seed)
+        prompt = torch.randint(0, self.spec.vocab_size, (self.s.decode_batch, context), generator=gen).to(self.device)
+        causal = self.spec.causal
+
+        def step() -> None:  # a causal model fills a fresh cache, as serving does
+            model(prompt, model.new_cache() if causal else None)
+
+        timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
+                            min_repeat_s=self.s.min_repeat_s)
+        return timing.rate(self.s.decode_batch * context)
+
+    def record_cache(self, state: DecodeState, context: int) -> None:
+        """The bytes the cache holds after decoding, beside the analytic figure they must equal."""
+        from nas.costs import kv_cache_bytes
+
+        measured = state.cache.nbytes()
+        analytic = kv_cache_bytes(self.spec, context, batch=self.s.decode_batch, dtype=self.cache_dtype())
+        first = context == self.s.contexts_for(self.spec)[0]
+        for suffix in ([f"_ctx{context}", ""] if first else [f"_ctx{context}"]):
+            self.put(f"kv_cache_bytes{suffix}", measured)
+            self.put(f"kv_cache_bytes_analytic{suffix}", analytic)
+            self.put(f"kv_cache_bytes_match{suffix}", measured == analytic)
+        if first:
+            self.put("kv_cache_state_bytes", state.cache.state_nbytes())
+            if measured != analytic:
+                self.unavailable["kv_cache_bytes_match"] = (
+                    f"mismatch: the cache holds {measured} bytes, costs.kv_cache_bytes says {analytic} "
+                    f"({self.cache_dtype()})")
+
+    def decode_memory(self, model: nn.Module, context: int) -> None:
+        """Memory of one prefill + decode at the first context: the peak, and what the cache holds."""
+        names = ("decode_memory_mb", "decode_peak_memory_mb")
+        if not self.wants("memory") or not self.spec.causal:
+            reason = self._why_not("decode") if not self.spec.causal else "not asked for: 'memory' is not in include"
+            for name in names:
+                self.put(name, None, reason)
+            return
+        tracker = _memory_for(self.device)
+        n = decode_steps_for(context, self.s.decode_tokens)
+        gen = torch.Generator().manual_seed(self.s.seed)
+        prefix = torch.randint(0, self.spec.vocab_size, (self.s.decode_batch, context - n), generator=gen)
+        prefix = prefix.to(self.device)
+        tracker.start()
+        with self.accelerated(), torch.no_grad():
+            state = start_decode(model, prefix, use_cache=True)
+            decode(model, state, n)
+        held, peak = tracker.held_mb(), tracker.peak_mb()  # the cache is still alive here
+        self.put("decode_memory_mb", held, tracker.reason)
+        self.put("decode_peak_memory_mb", peak, tracker.reason)
+        if "kv_cache_bytes" not in self.figures:
+            self.record_cache(state, context)
+        del state
+
+    # ---- model FLOP utilisation
+    def mfu(self) -> None:
+        from nas.costs import costs
+
+        if "train_tokens_per_s" not in self.stats:
+            for name in ("peak_flops_per_s", "model_flops_per_s", "mfu"):
+                self.put(name, None, "needs the training throughput: 'train' is not in include")
+            return
+        peak = peak_flops(self.device, self.s.dtype)
+        flops = costs(self.spec, seq_len=self.s.seq_len_for(self.spec)).flops_per_token
+        achieved = flops * self.stats["train_tokens_per_s"].median
+        self.put("peak_flops_per_s", peak)
+        self.put("model_flops_per_s", achieved)
+        self.put("mfu", achieved / peak)
+
+
+def _train_step(model: nn.Module, batch: int, seq_len: int, run: _Run) -> Callable[[], None]:
+    """One full training step (forward, backward, AdamW) on a fixed random batch."""
+    gen = torch.Generator().manual_seed(run.s.seed)
+    data = torch.randint(0, run.spec.vocab_size, (batch, seq_len + 1), generator=gen).to(run.device)
+    x, y = data[:, :-1], data[:, 1:]  # (B, T) inputs and next-token targets
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    # fp16 training needs loss scaling; its cost is part of a real step.
+    scaler = torch.amp.GradScaler(run.device.type) if run.s.dtype == "float16" else None
+
+    def step() -> None:
+        with run.autocast():
+            logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,26 @@
+import dataclasses
+
+import pytest
+import torch
+
+from search_spaces.spec import ArchSpec
+from search_spaces.variants import variant
+
+# Every design family of the search space, on a tiny base; the tests run over all of them.
+TINY = ArchSpec(vocab_size=64, context=32, d_model=32, n_heads=4, ffn_dim=64,
+                layers=ArchSpec().layers * 2)  # 4 layers, so cla2 / noattn have room
+ZOO = [
+    "qkv", "q_kv", "qk_v", "qkv_single", "qkv+gqa2", "qkv+mqa", "q_kv+gqa2", "q_kv+mqa", "qk_v+mqa",
+    "qkv+lowrank8", "q_kv+lowrank8", "qkv+latent16", "q_kv+latent16+gqa2", "qkv+cla2", "q_kv+cla2+mqa",
+    "qk_v+2d", "qkv_single+2d", "qkv+dconv", "q_kv+dconv", "qkv+latent8+dconv", "qkv+window5",
+    "q_kv+window4+cla2", "qkv+latent8+window6", "qkv+noattn2", "mixer",
+]
+
+
+def zoo_spec(name: str, **changes) -> ArchSpec:
+    return variant(name, base=dataclasses.replace(TINY, **changes))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,148 @@
+"""Every design's forward pass, its KV cache against full recomputation, and the attention
+maths against an explicit fp32 reference."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas.model import Attention, build_model
+from search_spaces.spec import ArchSpec, LayerSpec
+from tests.conftest import TINY, ZOO, zoo_spec
+
+ATOL = 1e-4  # fp32, tiny model: cached and recomputed logits agree to rounding
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "none"])
+@pytest.mark.parametrize("name", ZOO)
+def test_cache_gives_the_same_logits_as_recomputation(name, pos):
+    model = build_model(zoo_spec(name, pos=pos)).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 24))
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.new_cache()
+        steps = [model(idx[:, :9], cache)] + [model(idx[:, t:t + 1], cache) for t in range(9, 24)]
+    inc = torch.cat(steps, dim=1)
+    assert full.shape == (2, 24, TINY.vocab_size) and torch.isfinite(full).all()
+    err = (full - inc).abs().max().item()
+    assert err < ATOL, f"{name}/{pos}: max |cached - recomputed| = {err:.3e}"
+    assert cache.seen == 24
+
+
+@pytest.mark.parametrize("name", ["qkv", "q_kv+mqa", "qkv+latent16", "qkv+window5", "qkv+cla2", "mixer", "qkv+dconv"])
+def test_greedy_decoding_with_and_without_cache_agree(name):
+    model = build_model(zoo_spec(name)).eval()
+    prompt = torch.randint(0, TINY.vocab_size, (1, 5))
+    assert torch.equal(model.generate(prompt, 12, use_cache=True), model.generate(prompt, 12, use_cache=False))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_causal_models_do_not_see_the_future(name):
+    model = build_model(zoo_spec(name)).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % TINY.vocab_size
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("name", ["qkv", "qk_v+2d", "qkv_single+2d", "mixer"])
+def test_bidirectional_encoder_sees_both_ways(name):
+    model = build_model(zoo_spec(name, causal=False)).eval()
+    idx = torch.randint(0, TINY.vocab_size, (1, TINY.context))  # a mixer needs the full length
+    changed = idx.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % TINY.vocab_size
+    with torch.no_grad():
+        assert not torch.allclose(model(idx)[:, 0], model(changed)[:, 0])
+    with pytest.raises(ValueError, match="no incremental decoding"):
+        model.new_cache()
+
+
+def test_tied_projections_exist_once():
+    names = lambda spec: {n.split(".")[-2] for n, _ in build_model(spec).named_parameters() if ".mix." in n}
+    assert names(zoo_spec("qkv")) == {"q", "k", "v", "o"}
+    assert names(zoo_spec("q_kv")) == {"q", "k", "o"}
+    assert names(zoo_spec("qk_v")) == {"k", "v", "o"}
+    assert names(zoo_spec("qkv_single")) == {"k", "o"}
+
+
+def _count_linear_calls(model, idx):
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".mix." in n]
+    with torch.no_grad():
+        model(idx)
+    for h in hooks:
+        h.remove()
+    return len(calls)
+
+
+def test_tied_modes_run_fewer_matmuls():
+    idx = torch.randint(0, 64, (1, 8))
+    per_layer = {p: _count_linear_calls(build_model(zoo_spec(p)), idx) // TINY.n_layers
+                 for p in ("qkv", "q_kv", "qk_v", "qkv_single")}
+    assert per_layer == {"qkv": 4, "q_kv": 3, "qk_v": 3, "qkv_single": 2}  # projections + W_o
+
+
+def _reference_attention(att: Attention, x, causal, window=None):
+    """Explicit fp32 maths of one layer: scores, masks, asym term, softmax, W_o."""
+    T, h, g, hd = x.shape[1], att.h, att.g, att.hd
+    k = att.k(x).view(1, T, g, hd).transpose(1, 2)
+    v = k if att.v is None else att.v(x).view(1, T, g, hd).transpose(1, 2)
+    q = k if att.q is None else att.q(x).view(1, T, h, hd).transpose(1, 2)
+    q = q.repeat_interleave(h // q.shape[1], 1)
+    k, v = k.repeat_interleave(h // g, 1), v.repeat_interleave(h // g, 1)
+    s = q @ k.transpose(-1, -2) / math.sqrt(hd)  # (1, h, T, T)
+    i = torch.arange(T)
+    if att.layer.asym_pos:
+        w = att.asym_w
+        P = torch.sin((i[:, None] - i[None, :]).float()[..., None] * att.asym_freqs)  # (T, T, m)
+        s = s * w.sum(-1).view(1, h, 1, 1) + torch.einsum("ijm,hm->hij", P, w) + att.asym_b.view(h, 1, 1)
+    ok = torch.ones(T, T, dtype=torch.bool)
+    if causal:
+        ok &= i[:, None] >= i[None, :]
+    if window:
+        ok &= (i[:, None] - i[None, :]) < window
+    a = F.softmax(s.masked_fill(~ok, float("-inf")), dim=-1) @ v
+    return att.o(a.transpose(1, 2).reshape(1, T, h * hd))
+
+
+@pytest.mark.parametrize("layer, causal", [
+    (LayerSpec(), True), (LayerSpec(proj="q_kv", n_kv_heads=2), True), (LayerSpec(proj="qk_v"), True),
+    (LayerSpec(proj="qkv_single", n_kv_heads=1), True), (LayerSpec(window=3), True),
+    (LayerSpec(proj="qk_v", asym_pos=True), False), (LayerSpec(proj="qkv_single", asym_pos=True), True),
+])
+def test_attention_matches_explicit_fp32_reference(layer, causal):
+    spec = ArchSpec(vocab_size=16, context=16, d_model=32, n_heads=4, ffn_dim=32, pos="none",
+                    causal=causal, layers=(layer,))
+    att = build_model(spec).blocks[0].mix
+    with torch.no_grad():
+        att.asym_b.add_(0.3) if layer.asym_pos else None
+        x = torch.randn(1, 12, 32)
+        got, _ = att(x, torch.arange(12), None, None)
+        want = _reference_attention(att, x, causal, layer.window)
+    err = (got - want).abs().max().item()
+    assert err < 1e-5, f"max |model - reference| = {err:.3e}"
+
+
+def test_symmetric_score_is_symmetric_and_asym_pos_breaks_it():
+    spec = ArchSpec(vocab_size=16, context=16, d_model=32, n_heads=4, ffn_dim=32, pos="none", causal=False,
+                    layers=(LayerSpec(proj="qk_v"),))
+    att = build_model(spec).blocks[0].mix
+    x = torch.randn(1, 6, 32)
+    k = att.k(x).view(1, 6, 4, 8).transpose(1, 2)
+    s = k @ k.transpose(-1, -2)
+    assert torch.allclose(s, s.transpose(-1, -2), atol=1e-6)
+    i = torch.arange(6)
+    att2 = build_model(ArchSpec(**{**spec.to_dict(), "layers": [{"proj": "qk_v", "asym_pos": True}]})).blocks[0].mix
+    P = torch.sin((i[:, None] - i[None, :]).float()[..., None] * att2.asym_freqs)
+    bias = torch.einsum("ijm,hm->hij", P, att2.asym_w)
+    assert not torch.allclose(bias, bias.transpose(-1, -2))
+
+
+def test_context_limits_are_errors():
+    model = build_model(zoo_spec("qkv", pos="learned")).eval()
+    with pytest.raises(ValueError, match="exceed context=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
