@@ -106,7 +106,7 @@ def kv_cache_bytes(spec: ArchSpec, n_tokens: int, *, batch: int = 1, dtype: str 
 # ---- FLOPs ----------------------------------------------------------------------------
 def _mean_keys(spec: ArchSpec, layer: LayerSpec, seq_len: int, causal_discount: bool) -> float:
     """Mean number of keys a query scores against over a sequence of `seq_len` tokens."""
-    if not causal_discount:  # a dense kernel computes every (query, key) pair and masks after
+    if not causal_discount or not spec.causal:  # dense kernels compute every (query, key) pair
         return float(seq_len)
     w = seq_len if layer.window is None else layer.window
     return sum(min(i + 1, w) for i in range(seq_len)) / seq_len

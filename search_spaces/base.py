@@ -1,0 +1,63 @@
+"""The search-space interface: a space turns an Optuna trial into an `ArchSpec`.
+
+Spaces are define-by-run: they call `trial.suggest_*` and may ask conditional questions.
+They only need the trial's `suggest_categorical` / `suggest_int`, so this package does not
+import Optuna. A parameter name always has the same choices, whatever was sampled before,
+as Optuna's samplers require.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from search_spaces.spec import ArchSpec
+
+
+class Trial(Protocol):
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseDims:
+    """The model the designs are placed in; a space varies the attention, not these (except `full`)."""
+
+    vocab_size: int = 256
+    context: int = 128
+    d_model: int = 64
+    n_heads: int = 4
+    ffn_dim: int = 256
+    n_layers: int = 2
+    pos: str = "rope"
+    norm: str = "layernorm"
+    activation: str = "gelu"
+    bias: bool = False
+    tie_embeddings: bool = True
+    causal: bool = True
+
+    def spec(self, layers: list[Any], **changes: Any) -> ArchSpec:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "n_layers"}
+        fields.update(changes)
+        return ArchSpec(**fields, layers=tuple(layers))
+
+
+class SearchSpace(Protocol):
+    name: str
+
+    def sample(self, trial: Trial) -> ArchSpec: ...
+
+    @property
+    def options(self) -> dict[str, Any]: ...
+
+
+def kv_heads_for(n_heads: int, choice: str) -> int:
+    """K/V heads for 'mha', 'mqa' or 'gqa<G>' (G K/V heads; half the query heads when G does not fit)."""
+    if choice == "mha":
+        return n_heads
+    if choice == "mqa":
+        return 1
+    if choice.startswith("gqa"):
+        groups = int(choice[3:])
+        return groups if n_heads % groups == 0 and groups < n_heads else max(1, n_heads // 2)
+    raise ValueError(f"kv sharing {choice!r} is not known; use 'mha', 'gqa<G>' or 'mqa'")
