@@ -93,15 +93,25 @@ def rope(x: Tensor, positions: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def allowed(q_pos: Tensor, k_pos: Tensor, causal: bool, window: int | None) -> Tensor | None:
-    """Boolean (Tq, S) mask of keys each query may see; None when all are allowed."""
-    dist = q_pos[:, None] - k_pos[None, :]  # (Tq, S)
+def allowed(T: int, k_first: int, S: int, causal: bool, window: int | None, device: torch.device) -> Tensor | None:
+    """Boolean (T, S) mask of the keys each of the T newest queries may see; None when all are.
+
+    Keys are the contiguous positions k_first .. k_first+S-1 and the queries are the last T of
+    them, so "all allowed" is decided in Python, without a device sync per layer per token.
+    """
+    k_last = k_first + S - 1
+    q_first = k_last - T + 1
+    if (not causal or k_last <= q_first) and (window is None or k_last - k_first < window):
+        return None
+    q_pos = torch.arange(q_first, k_last + 1, device=device)
+    k_pos = torch.arange(k_first, k_last + 1, device=device)
+    dist = q_pos[:, None] - k_pos[None, :]  # (T, S)
     ok = torch.ones_like(dist, dtype=torch.bool)
     if causal:
         ok &= dist >= 0
     if window is not None:
         ok &= dist < window
-    return None if bool(ok.all()) else ok
+    return ok
 
 
 def _take(conv: nn.ModuleDict, name: str, x: Tensor, lc: LayerCache | None) -> Tensor:
@@ -119,7 +129,7 @@ def _keep(cached: Tensor | None, new: Tensor, dim: int) -> Tensor:
 
 
 # ---- attention: every projection design -----------------------------------------------
-SharedKV = tuple[Tensor, Tensor, Tensor]  # (K, V, key positions) a later layer may reuse
+SharedKV = tuple[Tensor, Tensor, Tensor, int]  # (K, V, key positions, first key position)
 
 
 class Attention(nn.Module):
@@ -212,16 +222,17 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, shared: SharedKV | None) -> tuple[Tensor, SharedKV]:
         B, T, _ = x.shape
         if shared is not None:  # cross-layer sharing: K/V come from an earlier layer
-            k, v, k_pos = shared
+            k, v, k_pos, k_first = shared
             k_new = None
         else:
+            k_first = lc.start if lc else 0  # before _new_kv: _trim moves it after attention
             k, v, k_pos, k_new = self._new_kv(x, pos, lc)
         if self.q is not None:
             q = self._rope(self._heads(_take(self.conv, "q", self.q(x), lc), self.h), pos)  # (B, h, T, hd)
         else:  # Q is K: the same tensor, repeated over the heads of each K/V group
             assert k_new is not None
             q = k_new.repeat_interleave(self.h // self.g, dim=1)
-        mask = allowed(pos, k_pos, self.spec.causal, self.layer.window)
+        mask = allowed(T, k_first, k.shape[2], self.spec.causal, self.layer.window, x.device)
         is_causal = False
         if self.layer.asym_pos:
             w = self.asym_w  # (h, m)
@@ -235,7 +246,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.g != self.h)
         self._trim(lc, k.shape[2])
         y = y.transpose(1, 2).reshape(B, T, self.h * self.hd)
-        return self.o(y), (k, v, k_pos)
+        return self.o(y), (k, v, k_pos, k_first)
 
 
 class Mixer(nn.Module):
