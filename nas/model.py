@@ -241,8 +241,8 @@ class Attention(nn.Module):
             P = torch.sin(rel[..., None] * self.asym_freqs)  # (Tq, S, m)
             bias = torch.einsum("tsm,hm->hts", P, w) + self.asym_b.view(-1, 1, 1)  # (h, Tq, S)
             mask = bias.to(q.dtype) if mask is None else bias.to(q.dtype).masked_fill(~mask, float("-inf"))
-        elif mask is not None and lc is None and self.layer.window is None and self.spec.causal:
-            mask, is_causal = None, True  # plain causal: let SDPA pick its fused kernel
+        elif mask is not None and k.shape[2] == T and self.layer.window is None and self.spec.causal:
+            mask, is_causal = None, True  # all keys are new (no cache yet): SDPA's fused causal kernel
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.g != self.h)
         self._trim(lc, k.shape[2])
         y = y.transpose(1, 2).reshape(B, T, self.h * self.hd)
@@ -266,6 +266,8 @@ class Mixer(nn.Module):
         B, T, d = x.shape
         if not self.spec.causal and T != self.spec.context:
             raise ValueError(f"a bidirectional mixer layer needs inputs of exactly context={self.spec.context} tokens, got {T}")
+        if torch.is_autocast_enabled(x.device.type):  # cache in the compute dtype, as K/V are
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         xs = _keep(lc.x if lc else None, x, dim=1)  # (B, S, d): every earlier input is needed
         if lc is not None:
             lc.x = xs
