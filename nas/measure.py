@@ -8,6 +8,22 @@ variation. CUDA is timed with events and synchronisation, the CPU with `perf_cou
 study trains) and holds `measurement_lock()` throughout, so trials that share a node never
 measure at the same time. A figure this machine cannot measure is None, with a one-line reason
 in `Measurement.unavailable`; nothing is estimated in its place.
+
+The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`):
+- `train_tokens_per_s`: batch x seq_len tokens per second of full steps (forward, backward, AdamW).
+- `prefill_tokens_per_s`: prompt tokens per second of one forward over decode_batch x C tokens
+  that fills a fresh cache; `decode_tokens_per_s`: tokens per second of greedy one-token steps
+  with the KV cache, which holds C tokens at the end.
+- `peak_memory_mb`: peak growth over two training steps of a fresh model (parameters, gradients,
+  optimizer state, activations): CUDA `max_memory_allocated`, CPU VmHWM, over the baseline.
+- `decode_memory_mb`: what the process still holds after prefill + decode at the first context
+  (the cache, as allocated); `decode_peak_memory_mb`: the peak growth during them.
+- `kv_cache_bytes`: `cache.nbytes()` after decoding, beside `kv_cache_bytes_analytic`
+  (`nas.costs.kv_cache_bytes` in the dtype the cache is computed in) and `kv_cache_bytes_match`.
+- `energy_j_per_token`: NVML total energy of the whole device over the timed training calls
+  (idle power included) per token; `decode_energy_j_per_token` likewise for decoding.
+- `mfu`: `costs.flops_per_token` x `train_tokens_per_s` / `peak_flops_per_s`, the rate of a large
+  matmul in the same dtype measured in this process.
 """
 from __future__ import annotations
 
@@ -23,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -42,6 +59,9 @@ PHASES: tuple[str, ...] = ("train", "prefill", "decode", "memory")
 AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
 LOCK_FILE = "qkvnas-measure.lock"
+_TIMED = ("prefill_tokens_per_s", "decode_tokens_per_s")  # figures stored with their spread
+_DECODE_FIGURES = ("decode_tokens_per_s", "decode_energy_j_per_token", "kv_cache_bytes", "kv_cache_bytes_analytic",
+                   "kv_cache_bytes_match")
 
 
 # ---- settings -------------------------------------------------------------------------
@@ -88,7 +108,8 @@ class MeasureSettings:
         if self.dtype not in AUTOCAST:
             raise ValueError(f"dtype={self.dtype!r} is not known; use one of {list(AUTOCAST)}")
         if self.sdpa_backend is not None and self.sdpa_backend not in SDPA_BACKENDS:
-            raise ValueError(f"sdpa_backend={self.sdpa_backend!r} is not known; use one of {list(SDPA_BACKENDS)} or null")
+            raise ValueError(
+                f"sdpa_backend={self.sdpa_backend!r} is not known; use one of {list(SDPA_BACKENDS)} or null")
         unknown = sorted(set(self.include) - set(PHASES))
         if unknown or not self.include:
             raise ValueError(f"include={list(self.include)} must be a non-empty subset of {list(PHASES)}")
@@ -437,17 +458,19 @@ def measure_decode(
 
 
 # ---- peak FLOP/s ----------------------------------------------------------------------
-_PEAK_FLOPS: dict[tuple[str, str], float] = {}
+_PEAK_FLOPS: dict[tuple[str, str, int], float] = {}
 
 
 def peak_flops(device: torch.device, dtype: str = "float32") -> float:
-    """FLOP/s of a large square matmul in `dtype` on `device`, measured once per process."""
-    key = (str(device), dtype)
+    """FLOP/s of a large square matmul in `dtype` on `device`, measured once per process (and
+    thread count): the denominator of MFU, so that MFU compares designs across machines."""
+    key = (str(device), dtype, torch.get_num_threads())
     if key not in _PEAK_FLOPS:
-        n = 8192 if device.type == "cuda" else 2048
+        n = 8192 if device.type == "cuda" else 1536
         torch_dtype = AUTOCAST[dtype] or torch.float32
-        gen = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype) for _ in range(2))
+        # Random operands, not constants: a GPU draws (and throttles) more on toggling bits.
+        gen = torch.Generator(device=device).manual_seed(0)
+        a, b = (torch.randn(n, n, generator=gen, device=device).to(torch_dtype) for _ in range(2))
         out = torch.empty_like(a)
         timing = time_calls(lambda: torch.mm(a, b, out=out), device=device, warmup=2, repeats=5, min_repeat_s=0.1)
         _PEAK_FLOPS[key] = timing.rate(2 * n**3).median
@@ -483,6 +506,27 @@ class Measurement:
         out["fingerprint"] = self.fingerprint
         return out
 
+    def table(self) -> str:
+        """A small human-readable table: each figure, its spread, and where it came from."""
+        rows = [("figure", "median", "cv")]
+        for name, stat in self.stats.items():
+            if name.endswith(f"_ctx{self.fingerprint['settings']['decode_contexts'][0]}"):
+                continue  # the first context is shown unsuffixed
+            rows.append((name, _fmt(stat.median), "-" if stat.cv is None else f"{100 * stat.cv:.1f}%"))
+        for name, value in self.figures.items():
+            if "_ctx" not in name and value is not None:
+                rows.append((name, str(value) if isinstance(value, bool) else _fmt(value), ""))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{a:<{width}}  {b:>14}  {c:>7}" for a, b, c in rows]
+        fp = self.fingerprint
+        lines.append(f"on {fp['device_name']} ({fp['device']}), torch {fp['torch']}, {fp['threads']} threads; "
+                     f"{len(self.unavailable)} figure(s) unavailable (see 'unavailable')")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | int) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
 
 # ---- measuring one design -------------------------------------------------------------
 def measure(spec: ArchSpec, settings: MeasureSettings | None = None) -> Measurement:
@@ -494,7 +538,8 @@ def measure(spec: ArchSpec, settings: MeasureSettings | None = None) -> Measurem
     s.seq_len_for(spec)
     t0 = time.perf_counter()
     lock = measurement_lock() if s.lock else contextlib.nullcontext(0.0)
-    with lock as waited, _torch_threads(s.threads), torch.random.fork_rng(devices=_rng_devices(device)):
+    with (lock as waited, _torch_threads(s.threads), _current_device(device),
+          torch.random.fork_rng(devices=_rng_devices(device))):
         run = _Run(spec, s, device)
         run.train_phase()
         run.inference_phase()
@@ -509,6 +554,7 @@ class _Run:
 
     def __init__(self, spec: ArchSpec, settings: MeasureSettings, device: torch.device) -> None:
         self.spec, self.s, self.device = spec, settings, device
+        self.contexts = settings.contexts_for(spec)
         self.nvml = Nvml(device)
         self.energy_reason = self.nvml.energy_reason()
         self.stats: dict[str, Stat] = {}
@@ -520,6 +566,8 @@ class _Run:
         self.figures[name] = value
         if value is None:
             self.unavailable[name] = reason or "not measured"
+        else:  # a later phase measured what an earlier one skipped
+            self.unavailable.pop(name, None)
 
     def put_stat(self, name: str, stat: Stat | None, reason: str | None = None) -> None:
         if stat is not None:
@@ -550,9 +598,8 @@ class _Run:
 
     @contextlib.contextmanager
     def accelerated(self) -> Iterator[None]:
-        """Autocast and the SDPA backend asked for; a backend that cannot run this design is a user error."""
+        """The SDPA backend asked for; a backend that cannot run this design is a user error."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self.autocast())
             if self.s.sdpa_backend is not None:
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -575,34 +622,46 @@ class _Run:
     def resolved_settings(self) -> dict[str, Any]:
         out = self.s.to_dict()
         out.update(device=str(self.device), seq_len=self.s.seq_len_for(self.spec),
-                   decode_contexts=list(self.s.contexts_for(self.spec)), autocast=AUTOCAST[self.s.dtype] is not None)
+                   decode_contexts=list(self.contexts), autocast=AUTOCAST[self.s.dtype] is not None)
         return out
 
     # ---- training: throughput, peak memory, energy
     def train_phase(self) -> None:
-        speed, memory = self.wants("train"), self.wants("memory")
-        tracker = _memory_for(self.device)
-        if memory:
-            tracker.start()
+        """Timed training steps on one fresh model, then peak memory of two steps on another."""
         B, T = self.s.batch_size, self.s.seq_len_for(self.spec)
-        model = self.fresh_model().train()
-        step = _train_step(model, B, T, self)
         timing = None
-        with self.accelerated():
-            if speed:
+        if self.wants("train"):
+            step = _train_step(self.fresh_model().train(), B, T, self)
+            with self.accelerated():
                 timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
                                     min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy())
-            elif memory:
-                for _ in range(max(1, self.s.warmup)):  # the first step allocates the optimizer state
-                    step()
+            del step
         self.record_train_speed(timing, B * T)
-        self.record_train_memory(tracker if memory else None)
+        if not self.wants("memory"):
+            return self.record_train_memory(None)
+        if timing is None:  # load code and kernels untracked, so their pages are not counted
+            self.train_steps(1, B, T)
+        tracker = _memory_for(self.device)
+        tracker.start()  # before the model: parameters and optimizer state count too
+        model = self.train_steps(2, B, T)  # the first step allocates the optimizer state
+        self.record_train_memory(tracker)
+        del model
+
+    def train_steps(self, n: int, batch: int, seq_len: int) -> nn.Module:
+        model = self.fresh_model().train()
+        step = _train_step(model, batch, seq_len, self)
+        with self.accelerated():
+            for _ in range(n):
+                step()
+        return model
 
     def record_train_speed(self, timing: Timing | None, tokens_per_step: int) -> None:
         reason = "not asked for: 'train' is not in include"
         self.put_stat("train_tokens_per_s", None if timing is None else timing.rate(tokens_per_step), reason)
         self.put_stat("train_step_s", None if timing is None else Stat.of(timing.seconds), reason)
-        energy = None if timing is None or timing.energy_j is None else timing.energy_j / (timing.calls * tokens_per_step)
+        energy = None
+        if timing is not None and timing.energy_j is not None:
+            energy = timing.energy_j / (timing.calls * tokens_per_step)
         self.put("energy_j_per_token", energy, reason if timing is None else self.energy_reason)
 
     def record_train_memory(self, tracker: _CpuMemory | _CudaMemory | None) -> None:
@@ -619,42 +678,54 @@ class _Run:
 
     # ---- inference: prefill and decode at each context, the cache and its memory
     def inference_phase(self) -> None:
-        contexts = self.s.contexts_for(self.spec)
+        if not any(self.wants(p) for p in ("prefill", "decode", "memory")):
+            return self.skip_inference("not asked for: none of 'prefill', 'decode', 'memory' is in include")
         model = self.fresh_model().eval()
-        for i, context in enumerate(contexts):
-            for name, value in self.at_context(model, context).items():
-                if isinstance(value, Stat) or value is None:
-                    self.put_stat(f"{name}_ctx{context}", value, self._why_not(name))
-                    if i == 0:
-                        self.put_stat(name, value, self._why_not(name))
-                else:
-                    self.put(f"{name}_ctx{context}", value)
-                    if i == 0:
-                        self.put(name, value)
-        self.decode_memory(model, contexts[0])
+        for context in self.contexts:
+            self.at_context(model, context)
+        self.decode_memory(model, self.contexts[0])
 
-    def _why_not(self, name: str) -> str:
-        if not self.spec.causal and name.startswith("decode"):
-            return "causal=false: an encoder has no incremental decoding"
-        phase = "prefill" if name.startswith("prefill") else "decode"
-        return f"not asked for: '{phase}' is not in include"
+    def skip_inference(self, reason: str) -> None:
+        for context in self.contexts:
+            for name in ("prefill_tokens_per_s", *_DECODE_FIGURES):
+                self.put_at(name, None, context, reason)
+        for name in ("kv_cache_state_bytes", "decode_memory_mb", "decode_peak_memory_mb"):
+            self.put(name, None, reason)
 
-    def at_context(self, model: nn.Module, context: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"prefill_tokens_per_s": None, "decode_tokens_per_s": None}
-        with self.accelerated(), torch.no_grad():
-            if self.wants("prefill"):
-                out["prefill_tokens_per_s"] = self.prefill(model, context)
-            if self.wants("decode") and self.spec.causal:
-                stat, timing, state = measure_decode(
-                    model, context=context, batch=self.s.decode_batch, decode_tokens=self.s.decode_tokens,
-                    device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-                    min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy())
-                out["decode_tokens_per_s"] = stat
-                self.record_cache(state, context)
-                tokens = timing.calls * self.s.decode_batch * decode_steps_for(context, self.s.decode_tokens)
-                energy = None if timing.energy_j is None else timing.energy_j / tokens
-                self.put(f"decode_energy_j_per_token_ctx{context}", energy, self.energy_reason)
-        return out
+    def put_at(self, name: str, value: Any, context: int, reason: str | None = None) -> None:
+        """A figure at one decode context, named `name_ctxC`; the first context's also as `name`."""
+        for key in [f"{name}_ctx{context}"] + ([name] if context == self.contexts[0] else []):
+            if isinstance(value, Stat) or name in _TIMED:
+                self.put_stat(key, value, reason)
+            else:
+                self.put(key, value, reason)
+
+    def at_context(self, model: nn.Module, context: int) -> None:
+        off = "not asked for: '{}' is not in include"
+        with self.accelerated(), self.autocast(), torch.no_grad():
+            prefill = self.prefill(model, context) if self.wants("prefill") else None
+            self.put_at("prefill_tokens_per_s", prefill, context, off.format("prefill"))
+            if not self.spec.causal:
+                reason = "causal=false: an encoder has no incremental decoding"
+            elif not self.wants("decode"):
+                reason = off.format("decode")
+            else:
+                return self.decode_speed(model, context)
+        for name in _DECODE_FIGURES:
+            self.put_at(name, None, context, reason)
+        if context == self.contexts[0]:
+            self.put("kv_cache_state_bytes", None, reason)
+
+    def decode_speed(self, model: nn.Module, context: int) -> None:
+        stat, timing, state = measure_decode(
+            model, context=context, batch=self.s.decode_batch, decode_tokens=self.s.decode_tokens,
+            device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
+            min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy())
+        self.put_at("decode_tokens_per_s", stat, context)
+        tokens = timing.calls * self.s.decode_batch * decode_steps_for(context, self.s.decode_tokens)
+        energy = None if timing.energy_j is None else timing.energy_j / tokens
+        self.put_at("decode_energy_j_per_token", energy, context, self.energy_reason)
+        self.record_cache(state, context)
 
     def prefill(self, model: nn.Module, context: int) -> Stat:
         gen = torch.Generator().manual_seed(self.s.seed)
@@ -674,41 +745,40 @@ class _Run:
 
         measured = state.cache.nbytes()
         analytic = kv_cache_bytes(self.spec, context, batch=self.s.decode_batch, dtype=self.cache_dtype())
-        first = context == self.s.contexts_for(self.spec)[0]
-        for suffix in ([f"_ctx{context}", ""] if first else [f"_ctx{context}"]):
-            self.put(f"kv_cache_bytes{suffix}", measured)
-            self.put(f"kv_cache_bytes_analytic{suffix}", analytic)
-            self.put(f"kv_cache_bytes_match{suffix}", measured == analytic)
-        if first:
+        self.put_at("kv_cache_bytes", measured, context)
+        self.put_at("kv_cache_bytes_analytic", analytic, context)
+        self.put_at("kv_cache_bytes_match", measured == analytic, context)
+        if context == self.contexts[0]:
             self.put("kv_cache_state_bytes", state.cache.state_nbytes())
-            if measured != analytic:
-                self.unavailable["kv_cache_bytes_match"] = (
-                    f"mismatch: the cache holds {measured} bytes, costs.kv_cache_bytes says {analytic} "
-                    f"({self.cache_dtype()})")
+        if measured != analytic:
+            warnings.warn(f"{self.spec.hash}: the KV cache holds {measured} bytes at context {context}, but "
+                          f"costs.kv_cache_bytes says {analytic} ({self.cache_dtype()})", stacklevel=2)
 
     def decode_memory(self, model: nn.Module, context: int) -> None:
         """Memory of one prefill + decode at the first context: the peak, and what the cache holds."""
         names = ("decode_memory_mb", "decode_peak_memory_mb")
         if not self.wants("memory") or not self.spec.causal:
-            reason = self._why_not("decode") if not self.spec.causal else "not asked for: 'memory' is not in include"
+            reason = ("causal=false: an encoder has no incremental decoding" if not self.spec.causal
+                      else "not asked for: 'memory' is not in include")
             for name in names:
                 self.put(name, None, reason)
             return
-        tracker = _memory_for(self.device)
         n = decode_steps_for(context, self.s.decode_tokens)
         gen = torch.Generator().manual_seed(self.s.seed)
         prefix = torch.randint(0, self.spec.vocab_size, (self.s.decode_batch, context - n), generator=gen)
         prefix = prefix.to(self.device)
-        tracker.start()
-        with self.accelerated(), torch.no_grad():
+        tracker = _memory_for(self.device)
+        with self.accelerated(), self.autocast(), torch.no_grad():
+            if not self.wants("decode"):  # load code and kernels untracked, as the timed runs would have
+                decode(model, start_decode(model, prefix, use_cache=True), n)
+            tracker.start()
             state = start_decode(model, prefix, use_cache=True)
             decode(model, state, n)
         held, peak = tracker.held_mb(), tracker.peak_mb()  # the cache is still alive here
         self.put("decode_memory_mb", held, tracker.reason)
         self.put("decode_peak_memory_mb", peak, tracker.reason)
-        if "kv_cache_bytes" not in self.figures:
+        if self.figures.get("kv_cache_bytes") is None:  # decode speed was not asked for
             self.record_cache(state, context)
-        del state
 
     # ---- model FLOP utilisation
     def mfu(self) -> None:
@@ -749,6 +819,11 @@ def _train_step(model: nn.Module, batch: int, seq_len: int, run: _Run) -> Callab
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def _current_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """CUDA events record on the current device's stream: make it the measured device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _rng_devices(device: torch.device) -> list[int]:
