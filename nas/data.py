@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from search_spaces.spec import ArchSpec
+
 BYTE_VOCAB = 256
 VAL_FRACTION = 0.10  # share of the data held out when a split has to be chosen by size
 SHARD_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
@@ -111,12 +113,11 @@ def shakespeare_works() -> dict[str, Path]:
     return works
 
 
-def check_vocab(spec: object, corpus: Corpus) -> None:
+def check_vocab(spec: ArchSpec, corpus: Corpus) -> None:
     """The model must have an output for every id in the data."""
-    spec_vocab = int(getattr(spec, "vocab_size"))
-    if spec_vocab < corpus.vocab_size:
+    if spec.vocab_size < corpus.vocab_size:
         raise ValueError(
-            f"vocab_size={spec_vocab} in the spec is smaller than the vocabulary of corpus "
+            f"vocab_size={spec.vocab_size} in the spec is smaller than the vocabulary of corpus "
             f"{corpus.name!r} ({corpus.vocab_size} ids); set vocab_size to at least {corpus.vocab_size}"
         )
 

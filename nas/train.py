@@ -27,8 +27,9 @@ from nas.data import Corpus, check_vocab, sample_batch, val_batches
 from nas.model import build_model
 from search_spaces.spec import ArchSpec
 
-# Pre-clip gradient norm above which a run counts as diverged. Healthy small LMs at the
-# learning rates of a search stay below ~10 (clipping at 1.0 makes 1e4 a runaway, not a spike).
+# Pre-clip gradient norm above which a run counts as diverged. Healthy runs of small byte-level
+# LMs here show norms of about 0.5-2, and even lr=10 stays near 50; 1e4 is a runaway (lr=1e3
+# reaches ~4e9 on its second step), not a spike that clipping at 1.0 absorbs.
 DIVERGENCE_GRAD_NORM = 1e4
 EVALS_PER_RUN = 8  # eval_every=0: about this many validation points per run
 CUDA_READBACK_EVERY = 16  # on CUDA, read losses back every this many steps (a host sync)
@@ -162,13 +163,17 @@ def _divergence(loss: float, grad_norm: float, step: int) -> str | None:
     return None
 
 
+def _readback_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else CUDA_READBACK_EVERY
+
+
 class _Records:
     """Per-step loss and gradient norm. They stay on the device and are read back in blocks, so a
     GPU step never waits for the host; on CPU each step is read back at once (it costs nothing)."""
 
     def __init__(self, steps: int, device: torch.device) -> None:
         self.buf = torch.zeros(steps, 2, device=device)  # (steps, [loss, grad_norm])
-        self.every = 1 if device.type == "cpu" else CUDA_READBACK_EVERY
+        self.every = _readback_every(device)
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
 
