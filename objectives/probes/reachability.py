@@ -60,9 +60,9 @@ def shortest_hops(adjacency: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, kw_only=True)
 class Reachability(Probe):
-    n_nodes: int = 24
-    edge_prob: float = 0.15
-    length: int = 12
+    n_nodes: int = 100  # ALPINE's size: enough held-out pairs (~400) for a stable score
+    edge_prob: float = 0.1
+    length: int = 16
     test_frac: float = 0.2
 
     name: ClassVar[str] = "reachability"
