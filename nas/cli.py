@@ -76,11 +76,284 @@ def _strict_json(obj: object) -> object:
     return obj
 
 
+# ---- measure --------------------------------------------------------------------------
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("measure", help="measure one design on this machine: throughput, memory, KV cache, energy, MFU")
+    p.add_argument("spec", help="path of a JSON spec")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch (default 8)")
+    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: the spec's context)")
+    p.add_argument("--decode-contexts", default=None, help="comma-separated cache lengths, e.g. 512,2048 (default: context)")
+    p.add_argument("--decode-batch", type=int, default=1, help="batch of prefill and decode (default 1)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded per timed call (default 32)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype (float32: no autocast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--sdpa-backend", default=None, choices=["math", "flash", "efficient", "cudnn"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads while measuring (default: leave)")
+    p.add_argument("--include", default="train,prefill,decode,memory", help="comma-separated phases to measure")
+    p.set_defaults(handler=_cmd_measure)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from nas.measure import MeasureSettings, measure
+    from search_spaces.spec import ArchSpec
+
+    spec = ArchSpec.load(args.spec)
+    settings = MeasureSettings(
+        batch_size=args.batch_size, seq_len=args.seq_len, decode_contexts=_int_list("--decode-contexts", args.decode_contexts),
+        decode_batch=args.decode_batch, decode_tokens=args.decode_tokens, warmup=args.warmup, repeats=args.repeats,
+        device=args.device, dtype=args.dtype, compile=args.compile, sdpa_backend=args.sdpa_backend,
+        threads=args.threads, include=tuple(x.strip() for x in args.include.split(",") if x.strip()))
+    result = measure(spec, settings)
+    _print_json(_strict_json(result.to_dict()))
+    print(result.table(), file=sys.stderr)  # for people; stdout stays pure JSON
+    return 0
+
+
+def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}={text!r} must be comma-separated integers, e.g. 512,2048") from None
+
+
+# ---- run / resume / export / status (the study) ------------------------------------------
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a study (or continue it) and export its Pareto front")
+    p.add_argument("config", nargs="?", help="a study TOML file (or a preset name)")
+    p.add_argument("--preset", help="a shipped preset instead of a file, e.g. quick")
+    _study_run_flags(p)
+    p.set_defaults(handler=_cmd_run)
+
+
+def _study_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study setting, e.g. --set trials=40 --set budget.tokens=50000 (repeatable)")
+    p.add_argument("--ray-address", help="attach to this running Ray cluster (default: start a local Ray)")
+    p.add_argument("--no-export", action="store_true", help="do not export the front at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nas.api import run_study
+
+    if bool(args.config) == bool(args.preset):
+        raise ValueError("give a study file or --preset NAME (not both), e.g. qkvnas run --preset quick")
+    summary = run_study(args.config or args.preset, args.overrides, ray_address=args.ray_address,
+                        progress=not args.quiet, export=not args.no_export)
+    return 130 if summary.interrupted else 0
+
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resume", help="continue a study until it reaches its number of trials")
+    p.add_argument("name", help="study name (studies/NAME), study directory, or storage URL")
+    _study_run_flags(p)
+    p.set_defaults(handler=_cmd_resume)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from nas.api import resume_study
+
+    summary = resume_study(args.name, args.overrides, ray_address=args.ray_address,
+                           progress=not args.quiet, export=not args.no_export)
+    return 130 if summary.interrupted else 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a study's Pareto front, trials, specs and plot")
+    p.add_argument("name", help="study name (studies/NAME), study directory, or storage URL")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--study", help="study name inside the storage, when a storage URL holds several")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nas.api import export_study
+
+    result = export_study(args.name, args.out, study_name=args.study)
+    print(f"{result.front_size} Pareto-optimal of {result.n_trials} trials: {result.pareto}, {result.trials}, "
+          f"{result.plot}, {len(result.specs)} specs in {result.out_dir / 'specs'}")
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="summarise a study from its storage (safe while it runs)")
+    p.add_argument("name", help="study name (studies/NAME), study directory, or storage URL")
+    p.add_argument("--study", help="study name inside the storage, when a storage URL holds several")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from nas.api import status_text, study_status
+
+    if args.json:
+        _print_json(study_status(args.name, study_name=args.study))
+    else:
+        print(status_text(args.name, study_name=args.study))
+    return 0
+
+
+# ---- probe, probe-suite -----------------------------------------------------------------
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="train fresh copies of a design on probe tasks; print test accuracies")
+    p.add_argument("spec", help="path of a JSON spec (vocab, context and causal are set by each probe)")
+    p.add_argument("--tasks", required=True, help="comma-separated probe tasks, e.g. mqar,induction,reverse")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per task (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: ProbeBudget's)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: ProbeBudget's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: ProbeBudget's)")
+    p.add_argument("--param", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="a probe size parameter, e.g. mqar.n_pairs=8 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the models are tiny; 0 keeps torch's default)")
+    p.set_defaults(handler=_cmd_probe)
+
+
+def _probe_params(items: list[str], tasks: list[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {task: {} for task in tasks}
+    for item in items:
+        key, sep, value = item.partition("=")
+        task, dot, name = key.partition(".")
+        if not (sep and dot and name):
+            raise ValueError(f"--param {item!r} must look like TASK.KEY=VALUE, e.g. mqar.n_pairs=8")
+        if task not in out:
+            raise ValueError(f"--param {item!r} names task {task!r}, which is not in --tasks {tasks}")
+        try:
+            out[task][name] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--param {item!r}: the value must be a number or true/false") from None
+    return out
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import dataclasses
+    import statistics
+
+    from nas.probe import ProbeBudget, run_probe, torch_threads
+    from search_spaces.spec import ArchSpec
+
+    spec = ArchSpec.load(args.spec)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.seeds < 1:
+        raise ValueError(f"--seeds={args.seeds} must be at least 1")
+    params = _probe_params(args.param, tasks)
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    budget = dataclasses.replace(ProbeBudget(), **changes)
+    report: dict[str, object] = {"spec": spec.hash, "budget": dataclasses.asdict(budget), "tasks": {}}
+    if args.threads < 0:
+        raise ValueError(f"--threads={args.threads} must be 0 (torch's default) or more")
+    for task in tasks:
+        with torch_threads(args.threads or None):
+            runs = [run_probe(spec, task, seed=seed, budget=budget, device=args.device, params=params[task])
+                    for seed in range(args.seeds)]
+        accuracies = [r["accuracy"] for r in runs]
+        report["tasks"][task] = {  # type: ignore[index]
+            "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "accuracies": accuracies, "params": runs[0]["params"], "wall_s": sum(r["wall_s"] for r in runs),
+        }
+    _print_json(report)
+    return 0
+
+
+def _add_probe_suite(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe-suite", help="compare designs on probe tasks over a grid; write a variant x task table")
+    p.add_argument("--preset", required=True, help="a shipped suite (paper_synthetic, causal_probes) or a suite .toml path")
+    p.add_argument("--out", required=True, help="folder for runs.parquet, table.parquet and table.md")
+    p.add_argument("--seeds", type=int, default=None, help="override the suite's number of seeds")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the models are tiny; 0 keeps torch's default)")
+    p.set_defaults(handler=_cmd_probe_suite)
+
+
+def _cmd_probe_suite(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from nas.probe_suite import load_suite, run_suite
+
+    config = load_suite(args.preset)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds={args.seeds} must be at least 1")
+        config = dataclasses.replace(config, seeds=args.seeds)
+    if args.threads < 0:
+        raise ValueError(f"--threads={args.threads} must be 0 (torch's default) or more")
+    result = run_suite(config, args.out, device=args.device, threads=args.threads or None)
+    print(result["markdown"])
+    return 0
+
+
+# ---- ladder / report (scaling ladders) -----------------------------------------------------
+def _add_ladder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ladder", help="train designs over sizes, token budgets and seeds (or continue a ladder)")
+    p.add_argument("config", nargs="?", help="a ladder TOML file (or a ladder preset name)")
+    p.add_argument("--preset", help="a shipped ladder preset instead of a file, e.g. ladder_small")
+    p.add_argument("--from-export", metavar="DIR", help="add the Pareto designs of a study export (qkvnas export --out DIR)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ladder setting, e.g. --set seeds=[0,1,2] (repeatable)")
+    p.add_argument("--ray-address", help="attach to this running Ray cluster (default: start a local Ray)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=_cmd_ladder)
+
+
+def _cmd_ladder(args: argparse.Namespace) -> int:
+    from nas.ladder import load_ladder_config, run_ladder
+    from nas.report import write_report
+
+    if args.config and args.preset:
+        raise ValueError("give a ladder file or --preset NAME, not both")
+    config = load_ladder_config(args.config or args.preset, args.overrides, from_export=args.from_export)
+    try:
+        run = run_ladder(config, ray_address=args.ray_address, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"qkvnas ladder: interrupted; finished points are kept. Continue with the same command, "
+              f"or report what is done with: qkvnas report {config.ladder_dir}", file=sys.stderr)
+        return 130
+    print(f"ladder {config.name}: {run.points} points ({run.already_done} done before, {run.ran} run now, "
+          f"{run.failed} failed) in {run.wall_s:.0f} s; results: {run.results}")
+    if not args.no_report:
+        print(f"report: {write_report(config)}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a ladder's Markdown report: fits, gaps to the baseline, plots")
+    p.add_argument("name", help="ladder name (studies/NAME) or ladder folder")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the intervals (default 200)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nas.ladder import find_ladder
+    from nas.report import write_report
+
+    print(write_report(find_ladder(args.name), n_boot=args.bootstrap))
+    return 0
+
+
 # ---- registry -------------------------------------------------------------------------
 # One line per subcommand; each helper above owns its own arguments.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_costs,
     _add_train,
+    _add_measure,
+    _add_run,
+    _add_resume,
+    _add_export,
+    _add_status,
+    _add_probe,
+    _add_probe_suite,
+    _add_ladder,
+    _add_report,
 ]
 
 

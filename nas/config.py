@@ -64,6 +64,7 @@ class RayConfig(_Section):
 
 
 class StudyConfig(_Section):
+    kind: Literal["study"] = "study"  # presets of other kinds (ladders, probe suites) share nas/presets/
     name: str
     directory: str | None = None  # None → studies/<name>
     space: SpaceConfig = Field(default_factory=SpaceConfig)
@@ -128,6 +129,16 @@ class StudyConfig(_Section):
     def to_json(self) -> str:
         return self.model_dump_json()
 
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "StudyConfig":
+        """A copy with ``key.path=value`` overrides applied and validated again."""
+        raw = self.to_dict()
+        for item in overrides:
+            apply_override(raw, item)
+        return _validate(raw, f"study {self.name!r} with --set")
+
     @classmethod
     def from_json(cls, text: str, *, source: str = "stored config") -> "StudyConfig":
         return _validate(json.loads(text), source)
@@ -147,7 +158,15 @@ def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
 
 # ---- loading ----------------------------------------------------------------------------
 def presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    """The study presets: TOML files in nas/presets/ that say ``kind = "study"``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml") if _kind(p) == "study")
+
+
+def _kind(path: Path) -> str | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")).get("kind")
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -156,8 +175,8 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ..
     if not path.is_file():
         if str(path_or_preset) not in presets():
             raise ValueError(
-                f"{str(path_or_preset)!r} is neither a study file nor a preset; give a .toml path "
-                f"or one of the presets {presets()}"
+                f"{str(path_or_preset)!r} is neither a study file nor a study preset; give a .toml path "
+                f"or one of the study presets {presets()}"
             )
         path = PRESET_DIR / f"{path_or_preset}.toml"
     try:
@@ -207,8 +226,10 @@ def format_errors(err: ValidationError) -> str:
 
 
 def _one(error: Any) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    path = ".".join(str(p) for p in error["loc"])
     kind, got = error["type"], error.get("input")
+    if not path:  # a whole-config check: its message names the keys itself
+        return error["msg"].removeprefix("Value error, ")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         known = _known_keys(error["loc"][:-1])
         return f"{path}: unknown key; known keys are {known}" if known else f"{path}: unknown key; remove it"

@@ -2,9 +2,10 @@
 
 A spike is a step whose value jumps far above the run's recent level:
 
-* the recent level at step t is the median of the previous ``WINDOW`` steps, and its noise is
-  the median absolute deviation (MAD, scaled by 1.4826 to match a standard deviation) of their
-  step-to-step differences divided by √2, so that a steadily falling loss is not "noise";
+* the recent level at step t is the median of the previous ``LEVEL_WINDOW`` steps (short, so
+  that it follows a falling loss), and the noise is the median absolute deviation (MAD, scaled
+  by 1.4826 to match a standard deviation) of the step-to-step differences over the previous
+  ``WINDOW`` steps, divided by √2 — a steadily falling loss is a trend, not noise;
 * a **loss spike** is a step whose training loss is ``Z_MIN`` robust deviations above the
   recent median *and* at least ``LOSS_REL_MIN`` (5 %) above it; its size is the relative
   excess ``loss / median - 1`` divided by ``LOSS_REL_MIN`` (a spike just at the threshold
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 WINDOW = 25
+LEVEL_WINDOW = 5
 MIN_HISTORY = 8  # no verdict before this many earlier steps
 Z_MIN = 6.0
 LOSS_REL_MIN = 0.05
@@ -42,7 +44,7 @@ def spikes(series: Sequence[float], *, rel_floor: float, log_scale: bool) -> lis
         recent = recent[np.isfinite(recent)]
         if len(recent) < MIN_HISTORY or not math.isfinite(x[t]):
             continue
-        median = float(np.median(recent))
+        median = float(np.median(recent[-LEVEL_WINDOW:]))
         spread = max(_noise(recent), 1e-12)
         z = (x[t] - median) / spread
         excess = x[t] - median if log_scale else x[t] / max(median, 1e-12) - 1.0
