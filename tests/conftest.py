@@ -21,6 +21,28 @@ def zoo_spec(name: str, **changes) -> ArchSpec:
     return variant(name, base=dataclasses.replace(TINY, **changes))
 
 
+def tiny_study(*, name: str = "tiny", objectives: tuple[str, ...] = ("val_loss", "kv_cache_bytes_per_token"),
+               trials: int = 4, tokens: int = 2048, extra: str = "") -> str:
+    """A study file for a one-layer d32 model on the paper space: trials of a second or two."""
+    return f"""
+name = "{name}"
+objectives = {list(objectives)!r}
+trials = {trials}
+[space]
+name = "paper"
+[space.options.base]
+context = 32
+d_model = 32
+n_heads = 4
+ffn_dim = 64
+n_layers = 1
+[budget]
+tokens = {tokens}
+batch_size = 8
+eval_batches = 2
+""".replace("'", '"') + extra
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

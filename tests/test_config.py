@@ -4,23 +4,9 @@ import json
 import pytest
 
 from nas.config import StudyConfig, apply_override, constraint_objective, load_config, parse_value, presets
+from tests.conftest import tiny_study
 
-TINY = """
-name = "tiny"
-objectives = ["val_loss", "kv_cache_bytes_per_token"]
-trials = 3
-[space]
-name = "paper"
-[space.options.base]
-context = 32
-d_model = 32
-n_heads = 4
-ffn_dim = 64
-n_layers = 1
-[budget]
-tokens = 2048
-batch_size = 8
-"""
+TINY = tiny_study(trials=3)
 
 
 @pytest.fixture

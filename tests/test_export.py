@@ -16,29 +16,14 @@ from nas.model import build_model
 from nas.study import create_or_load_study, storage_url, tell_record
 from nas.trial import run_trial
 from search_spaces import ArchSpec, get_space, uniform
+from tests.conftest import tiny_study
 
-TINY = """
-name = "exp"
-objectives = ["val_loss", "kv_cache_bytes_per_token", "params"]
-trials = 6
-[space]
-name = "paper"
-[space.options.base]
-context = 32
-d_model = 32
-n_heads = 4
-ffn_dim = 64
-n_layers = 1
-[budget]
-tokens = 1024
-batch_size = 8
-eval_batches = 2
-[constraints]
+TINY = tiny_study(name="exp", objectives=("val_loss", "kv_cache_bytes_per_token", "params"), trials=6, tokens=1024, extra="""[constraints]
 max_kv_cache_bytes_per_token = 100
 [sampler]
 name = "random"
 seed = 3
-"""
+""")
 
 
 @pytest.fixture(scope="module")

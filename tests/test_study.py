@@ -19,24 +19,9 @@ from nas.study import (
 )
 from nas.trial import run_trial
 from search_spaces import get_space
+from tests.conftest import tiny_study
 
-TINY = """
-name = "tiny"
-objectives = ["val_loss", "kv_cache_bytes_per_token"]
-trials = 4
-[space]
-name = "paper"
-[space.options.base]
-context = 32
-d_model = 32
-n_heads = 4
-ffn_dim = 64
-n_layers = 1
-[budget]
-tokens = 2048
-batch_size = 8
-eval_batches = 2
-"""
+TINY = tiny_study(trials=4)
 
 
 @pytest.fixture

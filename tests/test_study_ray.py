@@ -21,28 +21,13 @@ from optuna.trial import TrialState
 from nas.model import build_model
 from nas.study import open_storage
 from search_spaces import ArchSpec
+from tests.conftest import tiny_study
 
 pytestmark = pytest.mark.slow
 QKVNAS = str(Path(sys.executable).with_name("qkvnas"))
 RAY = str(Path(sys.executable).with_name("ray"))
 
-STUDY = """
-name = "{name}"
-objectives = ["val_loss", "kv_cache_bytes_per_token"]
-trials = {trials}
-[space]
-name = "paper"
-[space.options.base]
-context = 32
-d_model = 32
-n_heads = 4
-ffn_dim = 64
-n_layers = 1
-[budget]
-tokens = {tokens}
-batch_size = 8
-eval_batches = 2
-[constraints]
+STUDY = tiny_study(name="{name}", trials="{trials}", tokens="{tokens}", extra="""[constraints]
 max_kv_cache_bytes_per_token = 50
 [sampler]
 name = "random"
@@ -50,7 +35,7 @@ seed = {seed}
 [resources]
 cpus_per_trial = 1
 max_concurrent = {concurrent}
-"""
+""")
 
 
 @pytest.fixture
