@@ -48,10 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas.config import PRESET_DIR, RayConfig, ResourcesConfig, StudyConfig, apply_override
 from nas.costs import costs
-from nas.study import (
-    ATTR_REASON, ATTR_STALE, ATTR_WORKER, SQLiteLock, fail_and_requeue, open_storage, recover_stale_trials,
-    release_own_trials, sqlite_path, tell_record, worker_identity,
-)
+from nas.study import ATTR_REASON, ATTR_STALE, SQLiteLock, open_storage, recover_stale_trials, sqlite_path
 from nas.train import TrainBudget
 from search_spaces.spec import ArchSpec, LayerSpec
 from search_spaces.variants import variant
@@ -62,7 +59,6 @@ RESULTS_FILE = "ladder.parquet"
 ATTR_LADDER = "ladder_config"
 ATTR_POINT = "point"
 ATTR_ERROR = "error"  # a trial record's traceback: the run broke (a bug, out of memory), not the design
-RECORD_KEY = "qkvnas_record"  # what the trainable reports its trial record under
 MIN_STEPS = 8  # a run shorter than this is warm-up and noise, not a point on a curve
 OBJECTIVE = "val_loss"
 STEP_OBJECTIVES = ("val_loss", "kv_cache_bytes_per_token")  # what each point's trial records
@@ -706,101 +702,17 @@ def execute(config: LadderConfig, study: optuna.Study, points: list[Point], queu
     fixed in advance, so this is the ladder's own small searcher over the same storage: it pops
     the enqueued trials, and tells each record as it arrives (a kill loses no finished point).
     """
-    from nas.runner import ray_session
+    from nas.runner import ray_session, run_ladder_round  # Ray lives in nas/runner.py only
 
     by_key = {p.key: p for p in points}
     with ray_session(config, address) as scratch:  # reads config.ray (address, dashboard) only
         remaining = len(queued)
         while remaining:
-            _tuner_run(config, study, by_key, remaining, progress, scratch)
+            run_ladder_round(config, study, by_key, remaining, _Progress(study, remaining, enabled=progress), scratch)
             left = len(waiting_points(study, points))  # interrupted runs come back queued
             if left >= remaining:
                 raise RuntimeError("Ray Tune finished a round without finishing a ladder point; see the Ray logs")
             remaining = left
-
-
-def _tuner_run(config: LadderConfig, study: optuna.Study, by_key: dict[tuple, Point], n: int, progress: bool,
-               scratch: str) -> None:
-    from ray import tune
-
-    searcher = _make_searcher(study, by_key, _Progress(study, n, enabled=progress))
-    resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, ladder_json=config.to_json()), resources)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n, reuse_actors=True,
-                                    max_concurrent_trials=config.resources.max_concurrent),
-        run_config=tune.RunConfig(name=f"{config.name}-{int(time.time())}", storage_path=scratch, verbose=0),
-    )
-    try:
-        tuner.fit()
-    finally:  # Ctrl-C or a lost actor: this process's unfinished trials are requeued, never left RUNNING
-        release_own_trials(study)
-
-
-def _trainable(params: dict[str, Any], ladder_json: str) -> None:
-    from ray import tune
-
-    config = LadderConfig.from_json(ladder_json)
-    point = Point(**json.loads(params["point_json"]))
-    record = run_point(point, config)
-    value = record["values"].get(OBJECTIVE, math.nan) if record["status"] == "complete" else math.nan
-    tune.report({OBJECTIVE: value, RECORD_KEY: json.dumps(record)})
-
-
-def _make_searcher(study: optuna.Study, by_key: dict[tuple, Point], progress: "_Progress") -> Any:
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
-
-    worker = worker_identity()
-    points = list(by_key.values())
-
-    class LadderSearch(OptunaSearch):
-        """Pops the ladder's enqueued trials; stores each record before telling Optuna."""
-
-        def __init__(self) -> None:
-            super().__init__(space=self._sample, metric=OBJECTIVE, mode="min", sampler=study.sampler,
-                             storage=study._storage, study_name=study.study_name)
-
-        @staticmethod
-        def _sample(trial: Any) -> dict[str, Any]:
-            point = suggest_point(trial, by_key)
-            trial.set_user_attr(ATTR_WORKER, worker)
-            for key, value in point_attrs(point).items():
-                trial.set_user_attr(key, value)
-            return {"point_json": json.dumps(point.to_dict())}
-
-        def suggest(self, trial_id: str) -> dict | None:
-            if trial_id not in self._ot_trials and not waiting_points(study, points):
-                return Searcher.FINISHED  # the queue is empty (another worker took the rest)
-            return super().suggest(trial_id)
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            return  # one final report per trial: nothing to prune on
-
-        def save(self, checkpoint_path: str) -> None:
-            """Nothing to save: the ladder's storage is the checkpoint (a rerun reads it)."""
-
-        def restore(self, checkpoint_path: str) -> None:
-            raise RuntimeError("a ladder resumes from its storage: run `qkvnas ladder` again, not Tuner.restore")
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials:
-                return
-            self._completed_trials.add(trial_id)
-            ot_trial = self._ot_trials[trial_id]
-            if result and RECORD_KEY in result:
-                tell_record(study, ot_trial, json.loads(result[RECORD_KEY]))
-            elif error:  # e.g. the actor died: recorded, and tried again by the next run_ladder
-                ot_trial.set_user_attr(ATTR_REASON, "the Ray trial errored before reporting a result")
-                ot_trial.set_user_attr(ATTR_ERROR, "Ray trial error (see the Ray logs)")
-                study.tell(ot_trial, state=TrialState.FAIL)
-            else:  # stopped without a result: not finished, so it is queued again
-                fail_and_requeue(study, [study._storage.get_trial(ot_trial._trial_id)], "stopped before it finished")
-                return
-            progress.finished(study._storage.get_trial(ot_trial._trial_id))
-
-    return LadderSearch()
 
 
 class _Progress:

@@ -240,3 +240,94 @@ def _one_tuner_run(config: StudyConfig, study: optuna.Study, n_trials: int, prog
     finally:
         # Trials that did not finish (Ctrl-C, an actor lost) are requeued, not left RUNNING.
         release_own_trials(study)
+
+
+# ---- ladders: fixed points, enqueued in advance, run through the same Ray session --------
+def run_ladder_round(config: Any, study: optuna.Study, by_key: dict[tuple, Any], n: int, progress: Any,
+                     scratch: str) -> None:
+    """Run `n` of a ladder's enqueued points (nas/ladder.py) as Ray Tune trials; each record is
+    told to the ladder's study as it arrives."""
+    from ray import tune
+
+    searcher = _make_ladder_searcher(study, by_key, progress)
+    resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(_ladder_trainable, ladder_json=config.to_json()), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n, reuse_actors=True,
+                                    max_concurrent_trials=config.resources.max_concurrent),
+        run_config=tune.RunConfig(name=f"{config.name}-{int(time.time())}", storage_path=scratch, verbose=0),
+    )
+    try:
+        tuner.fit()
+    finally:  # Ctrl-C or a lost actor: this process's unfinished trials are requeued, never left RUNNING
+        release_own_trials(study)
+
+
+def _ladder_trainable(params: dict[str, Any], ladder_json: str) -> None:
+    from ray import tune
+
+    from nas.ladder import OBJECTIVE, LadderConfig, Point, run_point
+
+    config = LadderConfig.from_json(ladder_json)
+    point = Point(**json.loads(params["point_json"]))
+    record = run_point(point, config)
+    value = record["values"].get(OBJECTIVE, math.nan) if record["status"] == "complete" else math.nan
+    tune.report({OBJECTIVE: value, RECORD_KEY: json.dumps(record)})
+
+
+def _make_ladder_searcher(study: optuna.Study, by_key: dict[tuple, Any], progress: Any) -> Any:
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from nas.ladder import ATTR_ERROR, OBJECTIVE, point_attrs, suggest_point, waiting_points
+
+    worker = worker_identity()
+    points = list(by_key.values())
+
+    class LadderSearch(OptunaSearch):
+        """Pops the ladder's enqueued trials; stores each record before telling Optuna."""
+
+        def __init__(self) -> None:
+            super().__init__(space=self._sample, metric=OBJECTIVE, mode="min", sampler=study.sampler,
+                             storage=study._storage, study_name=study.study_name)
+
+        @staticmethod
+        def _sample(trial: Any) -> dict[str, Any]:
+            point = suggest_point(trial, by_key)
+            trial.set_user_attr(ATTR_WORKER, worker)
+            for key, value in point_attrs(point).items():
+                trial.set_user_attr(key, value)
+            return {"point_json": json.dumps(point.to_dict())}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if trial_id not in self._ot_trials and not waiting_points(study, points):
+                return Searcher.FINISHED  # the queue is empty (another worker took the rest)
+            return super().suggest(trial_id)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            return  # one final report per trial: nothing to prune on
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the ladder's storage is the checkpoint (a rerun reads it)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            raise RuntimeError("a ladder resumes from its storage: run `qkvnas ladder` again, not Tuner.restore")
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            self._completed_trials.add(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            if result and RECORD_KEY in result:
+                tell_record(study, ot_trial, json.loads(result[RECORD_KEY]))
+            elif error:  # e.g. the actor died: recorded, and tried again by the next run_ladder
+                ot_trial.set_user_attr(ATTR_REASON, "the Ray trial errored before reporting a result")
+                ot_trial.set_user_attr(ATTR_ERROR, "Ray trial error (see the Ray logs)")
+                study.tell(ot_trial, state=TrialState.FAIL)
+            else:  # stopped without a result: not finished, so it is queued again
+                fail_and_requeue(study, [study._storage.get_trial(ot_trial._trial_id)], "stopped before it finished")
+                return
+            progress.finished(study._storage.get_trial(ot_trial._trial_id))
+
+    return LadderSearch()
