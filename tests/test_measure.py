@@ -189,12 +189,12 @@ def test_kv_mismatch_is_flagged(monkeypatch):
 # ---- decoding uses the cache ------------------------------------------------------------
 def test_cached_decode_beats_recomputing_the_prefix(one_thread):
     torch.manual_seed(0)
-    model = build_model(tiny(context=256, d_model=64, layers=uniform(2))).eval()
-    args = dict(context=256, decode_tokens=32, warmup=1, repeats=3)
+    model = build_model(tiny(context=512, d_model=64, layers=uniform(2))).eval()
+    args = dict(context=512, decode_tokens=32, warmup=1, repeats=3)
     cached, _, state = M.measure_decode(model, use_cache=True, **args)
     recompute, _, plain = M.measure_decode(model, use_cache=False, **args)
-    assert state.cache is not None and state.cache.seen == 256  # the cache holds the whole context
-    assert plain.cache is None and plain.tokens.shape == (1, 256)
+    assert state.cache is not None and state.cache.seen == 512  # the cache holds the whole context
+    assert plain.cache is None and plain.tokens.shape == (1, 512)
     ratio = cached.median / recompute.median
     assert ratio > 2.0, f"cached decode only {ratio:.2f}x the recomputing loop"
 
