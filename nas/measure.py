@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nas.device import resolve_device
 from nas.fingerprint import MB, Nvml, fingerprint
 from search_spaces.spec import ArchSpec
 
@@ -133,26 +134,6 @@ class MeasureSettings:
 def _check_int(name: str, value: object, least: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise ValueError(f"{name}={value!r} must be an integer >= {least}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → the first CUDA device if torch sees one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} but torch sees no CUDA device here; use device='cpu' or 'auto'")
-        index = 0 if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise ValueError(f"device={name!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return device
 
 
 # ---- statistics -----------------------------------------------------------------------

@@ -181,6 +181,14 @@ def _copy_trial(study: optuna.Study, ot_trial: optuna.Trial, source_number: int)
 
 
 # ---- the trainable (runs in a Ray actor) ------------------------------------------------
+def _use_cpus(cpus_per_trial: float) -> None:
+    """Give torch as many threads as the trial holds CPUs: more oversubscribes the node and
+    slows every concurrent trial many times over; fewer leaves reserved cores idle."""
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(cpus_per_trial)))
+
+
 def _trainable(params: dict[str, Any], study_json: str) -> None:
     from ray import tune
 
@@ -191,6 +199,7 @@ def _trainable(params: dict[str, Any], study_json: str) -> None:
         tune.report({ATTR_DUPLICATE_OF: params[ATTR_DUPLICATE_OF]})
         return
     config = StudyConfig.from_json(study_json)
+    _use_cpus(config.resources.cpus_per_trial)
     record = run_trial(ArchSpec.from_json(params["spec_json"]), config, seed=config.budget.seed)
     metrics = {f"objective_{i}": record.values.get(name, math.nan) for i, name in enumerate(config.objectives)}
     tune.report({**metrics, RECORD_KEY: json.dumps(record.to_dict())})
@@ -270,6 +279,7 @@ def _ladder_trainable(params: dict[str, Any], ladder_json: str) -> None:
     from nas.ladder import OBJECTIVE, LadderConfig, Point, run_point
 
     config = LadderConfig.from_json(ladder_json)
+    _use_cpus(config.resources.cpus_per_trial)
     point = Point(**json.loads(params["point_json"]))
     record = run_point(point, config)
     value = record["values"].get(OBJECTIVE, math.nan) if record["status"] == "complete" else math.nan

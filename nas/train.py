@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.data import Corpus, check_vocab, sample_batch, val_batches
+from nas.device import resolve_device
 from nas.model import build_model
 from search_spaces.spec import ArchSpec
 
@@ -95,18 +96,6 @@ class TrainResult:
 
 
 # ---- pieces -----------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but torch sees no CUDA device; use device='auto' or 'cpu'")
-    return device
-
-
 def lr_at(step: int, steps: int, budget: TrainBudget) -> float:
     """Linear warm-up over ``warmup_frac`` of the steps, then cosine down to ``min_lr_frac · lr``."""
     warmup = round(budget.warmup_frac * steps)

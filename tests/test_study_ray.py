@@ -200,6 +200,9 @@ def test_studies_on_a_running_ray_cluster(ray_cluster):
     infeasible = [t for t in trials if t.constraints["max_kv_cache_bytes_per_token"] > 0]
     assert [t.number for t in infeasible] == [3] and infeasible[0].user_attrs["train"] is None  # never trained
     assert infeasible[0].values[0] == float("inf")
+    # cpus_per_trial = 1: each trial's torch ran one thread, whatever the node has
+    assert all(t.user_attrs["hardware"]["threads"] == 1 for t in trials if "hardware" in t.user_attrs)
+    assert any("hardware" in t.user_attrs for t in trials)
     for trial in trials:  # a repeated design is either trained again or copied, never different
         if "duplicate_of" in trial.user_attrs:
             assert trial.values == study.trials[trial.user_attrs["duplicate_of"]].values
