@@ -1,7 +1,9 @@
 """Benchmark of the measurement protocol itself, in one run:
 
 1. repeatability: the spread of each figure over 5 independent `measure()` calls of one design
-   (target: CV <= 5% on an idle CPU), beside the spread within each call;
+   (target: CV <= 5% on an idle CPU), beside the spread within each call; for every throughput
+   both as measured and `_corrected` for the machine's drift (nas/reference.py), and the drift
+   itself (`machine_speed`: the reference kernels' rates over the node's calibration);
 2. the decode speed-up from the KV cache at long context (cached steps vs a loop that re-runs
    the whole prefix for every token);
 3. decode memory of `q_kv` vs `qkv`: the cache bytes held (target <= 0.55x), and the process
@@ -27,7 +29,9 @@ from nas.measure import MeasureSettings, coefficient_of_variation, measure, meas
 from nas.model import build_model
 from search_spaces.spec import ArchSpec, uniform
 
-TIMED = ("train_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s")
+TIMED = ("train_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s",
+         "train_tokens_per_s_corrected", "prefill_tokens_per_s_corrected", "decode_tokens_per_s_corrected",
+         "mfu", "machine_speed")
 MEMORY = ("peak_memory_mb", "decode_memory_mb")
 
 
@@ -117,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(r: dict) -> str:
-    lines = ["repeatability over 5 measurements (target cv <= 5% on an idle CPU):"]
+    lines = ["repeatability over 5 measurements (target cv <= 5% on an idle CPU; machine_speed is the "
+             "machine's own drift):"]
     for name in TIMED + MEMORY:
         f = r["repeatability"][name]
         within = f["cv_within_run_median"]
-        lines.append(f"  {name:<22} median {f['median']:>12.4g}   cv between runs {100 * f['cv_between_runs']:5.1f}%"
+        lines.append(f"  {name:<30} median {f['median']:>12.4g}   cv between runs {100 * f['cv_between_runs']:5.1f}%"
                      + ("" if within is None else f"   cv within a run {100 * within:5.1f}%"))
     s = r["cache_speedup"]
     lines.append(f"decode at context {s['context']}: cached {s['cached_tokens_per_s']:.4g} tok/s, recomputing "

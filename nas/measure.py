@@ -2,7 +2,9 @@
 
 The protocol (`time_calls`): warm-up calls, then `repeats` timed repeats, each long enough to
 last `min_repeat_s`; a figure is the median over the repeats, stored with its coefficient of
-variation. CUDA is timed with events and synchronisation, the CPU with `perf_counter`.
+variation. CUDA is timed with events and synchronisation, the CPU with `perf_counter`. A fixed
+reference kernel (nas/reference.py) is timed around every repeat, so each throughput also comes
+corrected for the machine's drift (`*_corrected`), and MFU is a per-repeat ratio.
 
 `measure(spec, settings)` builds its own fresh, seeded model from the spec (never the model a
 study trains) and holds `measurement_lock()` throughout, so trials that share a node never
@@ -11,6 +13,9 @@ in `Measurement.unavailable`; nothing is estimated in its place.
 
 The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`):
 - `train_tokens_per_s`: batch x seq_len tokens per second of full steps (forward, backward, AdamW).
+- `<throughput>_corrected`: the same repeats, each scaled by the node's calibrated reference
+  rate over the reference's rate around it (nas/reference.py): comparable across time on a
+  machine whose speed drifts. `machine_speed`: those reference rates over the calibrated one.
 - `prefill_tokens_per_s`: prompt tokens per second of one forward over decode_batch x C tokens
   that fills a fresh cache; `decode_tokens_per_s`: tokens per second of greedy one-token steps
   with the KV cache, which holds C tokens at the end.
@@ -22,8 +27,8 @@ The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`
   (`nas.costs.kv_cache_bytes` in the dtype the cache is computed in) and `kv_cache_bytes_match`.
 - `energy_j_per_token`: NVML total energy of the whole device over the timed training calls
   (idle power included) per token; `decode_energy_j_per_token` likewise for decoding.
-- `mfu`: `costs.flops_per_token` x `train_tokens_per_s` / `peak_flops_per_s`, the rate of a large
-  matmul in the same dtype measured in this process.
+- `mfu`: `costs.flops_per_token` x training tokens/s / `peak_flops_per_s`, per repeat, where the
+  peak is the rate of a large matmul in the same dtype timed around that repeat.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from torch import Tensor, nn
 
 from nas.device import resolve_device
 from nas.fingerprint import MB, Nvml, fingerprint
+from nas.reference import Reference, calibrated_rate, reference, sample
 from search_spaces.spec import ArchSpec
 
 try:  # POSIX: a per-node lock that other processes see
@@ -60,8 +66,9 @@ PHASES: tuple[str, ...] = ("train", "prefill", "decode", "memory")
 AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
 LOCK_FILE = "qkvnas-measure.lock"
-_TIMED = ("prefill_tokens_per_s", "decode_tokens_per_s")  # figures stored with their spread
-_DECODE_FIGURES = ("decode_tokens_per_s", "decode_energy_j_per_token", "kv_cache_bytes", "kv_cache_bytes_analytic",
+_TIMED = ("prefill_tokens_per_s", "prefill_tokens_per_s_corrected", "decode_tokens_per_s",
+          "decode_tokens_per_s_corrected")  # figures stored with their spread
+_DECODE_FIGURES = ("decode_tokens_per_s", "decode_tokens_per_s_corrected", "decode_energy_j_per_token", "kv_cache_bytes", "kv_cache_bytes_analytic",
                    "kv_cache_bytes_match")
 
 
@@ -165,6 +172,7 @@ class Timing:
     seconds: tuple[float, ...]  # per call, one entry per repeat
     calls_per_repeat: int
     energy_j: float | None  # over all timed calls; None without an energy counter
+    reference_seconds: tuple[float, ...] | None = None  # per repeat: a reference call around it
 
     @property
     def calls(self) -> int:
@@ -173,6 +181,18 @@ class Timing:
     def rate(self, units_per_call: float) -> Stat:
         """Units (tokens, FLOPs) per second, one sample per repeat."""
         return Stat.of([units_per_call / s for s in self.seconds])
+
+    def reference_rate(self, reference_units: float) -> Stat:
+        """The reference kernel's units per second, one sample per repeat: the machine's speed."""
+        if self.reference_seconds is None:
+            raise ValueError("this timing has no reference: pass reference= to time_calls")
+        return Stat.of([reference_units / r for r in self.reference_seconds])
+
+    def corrected_rate(self, units_per_call: float, reference_units: float, calibrated_rate: float) -> Stat:
+        """Units per second as if the machine ran the reference at `calibrated_rate`: each repeat's
+        rate scaled by calibrated / (the reference's rate around that repeat)."""
+        speeds = self.reference_rate(reference_units).samples
+        return Stat.of([units_per_call / s * calibrated_rate / r for s, r in zip(self.seconds, speeds)])
 
 
 class _Clock:
@@ -213,12 +233,16 @@ def time_calls(
     min_repeat_s: float = 0.0,
     prepare: Callable[[], object] | None = None,
     energy_mj: Callable[[], int | None] | None = None,
+    reference: Callable[[], float] | None = None,
 ) -> Timing:
     """Warm up, then time `repeats` repeats of `step`.
 
     A repeat runs `step` enough times to last `min_repeat_s` (calibrated on the last warm-up
     call). `prepare` runs untimed before every call (a fresh cache and its prefill, say); without
     it the calls of a repeat run back to back under one timer, as a training loop does.
+    `reference` (seconds of one reference-kernel sample, see nas/reference.py) runs before the
+    first repeat and after each one; a repeat's reference time is the mean of the two around it,
+    so the machine's speed is sampled where the repeat ran. It is outside the timed windows.
     """
     clock = _Clock(device)
     last = 0.0
@@ -228,17 +252,23 @@ def time_calls(
         last = clock.time(step)
     calls = max(1, math.ceil(min_repeat_s / last)) if warmup and last > 0 else 1
     clock = _Clock(device, energy_mj)
-    seconds = []
+    seconds, around = [], []
+    before = reference() if reference is not None else 0.0
     for _ in range(repeats):
         if prepare is None:
             seconds.append(clock.time(lambda: [step() for _ in range(calls)]) / calls)
-            continue
-        total = 0.0
-        for _ in range(calls):
-            prepare()
-            total += clock.time(step)
-        seconds.append(total / calls)
-    return Timing(seconds=tuple(seconds), calls_per_repeat=calls, energy_j=clock.energy_j)
+        else:
+            total = 0.0
+            for _ in range(calls):
+                prepare()
+                total += clock.time(step)
+            seconds.append(total / calls)
+        if reference is not None:
+            after = reference()
+            around.append((before + after) / 2)
+            before = after
+    return Timing(seconds=tuple(seconds), calls_per_repeat=calls, energy_j=clock.energy_j,
+                  reference_seconds=tuple(around) if reference is not None else None)
 
 
 # ---- memory ---------------------------------------------------------------------------
@@ -419,6 +449,7 @@ def measure_decode(
     min_repeat_s: float = 0.0,
     seed: int = 0,
     energy_mj: Callable[[], int | None] | None = None,
+    reference: Callable[[], float] | None = None,
 ) -> tuple[Stat, Timing, DecodeState]:
     """Decode tokens/s at `context`: the prefix (context - n tokens) runs untimed, then n greedy
     steps are timed, so the cache holds `context` tokens at the end. Returns the last state."""
@@ -434,28 +465,8 @@ def measure_decode(
 
     with torch.no_grad():
         timing = time_calls(lambda: decode(model, box["state"], n), device=device, warmup=warmup, repeats=repeats,
-                            min_repeat_s=min_repeat_s, prepare=prepare, energy_mj=energy_mj)
+                            min_repeat_s=min_repeat_s, prepare=prepare, energy_mj=energy_mj, reference=reference)
     return timing.rate(batch * n), timing, box["state"]
-
-
-# ---- peak FLOP/s ----------------------------------------------------------------------
-_PEAK_FLOPS: dict[tuple[str, str, int], float] = {}
-
-
-def peak_flops(device: torch.device, dtype: str = "float32") -> float:
-    """FLOP/s of a large square matmul in `dtype` on `device`, measured once per process (and
-    thread count): the denominator of MFU, so that MFU compares designs across machines."""
-    key = (str(device), dtype, torch.get_num_threads())
-    if key not in _PEAK_FLOPS:
-        n = 8192 if device.type == "cuda" else 1536
-        torch_dtype = AUTOCAST[dtype] or torch.float32
-        # Random operands, not constants: a GPU draws (and throttles) more on toggling bits.
-        gen = torch.Generator(device=device).manual_seed(0)
-        a, b = (torch.randn(n, n, generator=gen, device=device).to(torch_dtype) for _ in range(2))
-        out = torch.empty_like(a)
-        timing = time_calls(lambda: torch.mm(a, b, out=out), device=device, warmup=2, repeats=5, min_repeat_s=0.1)
-        _PEAK_FLOPS[key] = timing.rate(2 * n**3).median
-    return _PEAK_FLOPS[key]
 
 
 # ---- the result -----------------------------------------------------------------------
@@ -524,7 +535,7 @@ def measure(spec: ArchSpec, settings: MeasureSettings | None = None) -> Measurem
         run = _Run(spec, s, device)
         run.train_phase()
         run.inference_phase()
-        run.mfu()
+        run.record_machine_speed()
         fp = fingerprint(device, run.resolved_settings(), run.nvml)
     return Measurement(spec_hash=spec.hash, settings=s, fingerprint=fp, stats=run.stats, figures=run.figures,
                        unavailable=run.unavailable, wall_s=time.perf_counter() - t0, lock_wait_s=waited)
@@ -541,6 +552,8 @@ class _Run:
         self.stats: dict[str, Stat] = {}
         self.figures: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
+        self.refs: dict[str, tuple[Reference, float]] = {}  # kernel name → (kernel, calibrated rate)
+        self.speed: list[float] = []  # every repeat's reference rate / calibrated rate
 
     # ---- helpers
     def put(self, name: str, value: Any, reason: str | None = None) -> None:
@@ -597,13 +610,42 @@ class _Run:
                     f"{str(err).splitlines()[0]}; choose another backend or null"
                 ) from None
 
+    def reference(self, name: str) -> tuple[Reference, Callable[[], float]]:
+        """Reference kernel `name` (nas/reference.py), calibrated on this node on first use, and
+        a sampler of its seconds per call for `time_calls`."""
+        dtype = AUTOCAST[self.s.dtype] or torch.float32
+        if name not in self.refs:
+            ref = reference(name, self.device, dtype)
+            self.refs[name] = (ref, calibrated_rate(ref, self.device, dtype, os.path.dirname(lock_path())))
+        ref = self.refs[name][0]
+        # A sample lasts a quarter of a repeat, at most 50 ms: long enough to be steady, short
+        # enough that the reference stays a small share of the measurement's time.
+        min_s = min(0.05, self.s.min_repeat_s / 4)
+        return ref, lambda: sample(ref, self.device, min_s)
+
+    def corrected(self, timing: Timing, name: str, units_per_call: float) -> Stat:
+        """`timing`'s rate corrected to the node's calibrated speed of kernel `name`."""
+        ref, calibrated = self.refs[name]
+        self.speed.extend(r / calibrated for r in timing.reference_rate(ref.units).samples)
+        return timing.corrected_rate(units_per_call, ref.units, calibrated)
+
+    def record_machine_speed(self) -> None:
+        """How fast the machine ran during this measurement, relative to its calibration (1.0):
+        the spread is the drift the corrected figures took out."""
+        if self.speed:
+            self.stats["machine_speed"] = Stat.of(self.speed)
+        else:
+            self.put_stat("machine_speed", None, "no timed phase in include")
+
     def cache_dtype(self) -> str:
         return "float32" if AUTOCAST[self.s.dtype] is None else self.s.dtype
 
     def resolved_settings(self) -> dict[str, Any]:
         out = self.s.to_dict()
         out.update(device=str(self.device), seq_len=self.s.seq_len_for(self.spec),
-                   decode_contexts=list(self.contexts), autocast=AUTOCAST[self.s.dtype] is not None)
+                   decode_contexts=list(self.contexts), autocast=AUTOCAST[self.s.dtype] is not None,
+                   reference_calibrated={name: {"rate": rate, "unit": f"{ref.unit}/s"}
+                                         for name, (ref, rate) in self.refs.items()})
         return out
 
     # ---- training: throughput, peak memory, energy
@@ -613,9 +655,10 @@ class _Run:
         timing = None
         if self.wants("train"):
             step = _train_step(self.fresh_model().train(), B, T, self)
+            _, ref = self.reference("matmul")
             with self.accelerated():
                 timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-                                    min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy())
+                                    min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy(), reference=ref)
             del step
         self.record_train_speed(timing, B * T)
         if not self.wants("memory"):
@@ -639,7 +682,10 @@ class _Run:
     def record_train_speed(self, timing: Timing | None, tokens_per_step: int) -> None:
         reason = "not asked for: 'train' is not in include"
         self.put_stat("train_tokens_per_s", None if timing is None else timing.rate(tokens_per_step), reason)
+        self.put_stat("train_tokens_per_s_corrected",
+                      None if timing is None else self.corrected(timing, "matmul", tokens_per_step), reason)
         self.put_stat("train_step_s", None if timing is None else Stat.of(timing.seconds), reason)
+        self.record_mfu(timing, tokens_per_step)
         energy = None
         if timing is not None and timing.energy_j is not None:
             energy = timing.energy_j / (timing.calls * tokens_per_step)
@@ -668,7 +714,7 @@ class _Run:
 
     def skip_inference(self, reason: str) -> None:
         for context in self.contexts:
-            for name in ("prefill_tokens_per_s", *_DECODE_FIGURES):
+            for name in ("prefill_tokens_per_s", "prefill_tokens_per_s_corrected", *_DECODE_FIGURES):
                 self.put_at(name, None, context, reason)
         for name in ("kv_cache_state_bytes", "decode_memory_mb", "decode_peak_memory_mb"):
             self.put(name, None, reason)
@@ -684,8 +730,9 @@ class _Run:
     def at_context(self, model: nn.Module, context: int) -> None:
         off = "not asked for: '{}' is not in include"
         with self.accelerated(), self.autocast(), torch.no_grad():
-            prefill = self.prefill(model, context) if self.wants("prefill") else None
+            prefill, corrected = self.prefill(model, context) if self.wants("prefill") else (None, None)
             self.put_at("prefill_tokens_per_s", prefill, context, off.format("prefill"))
+            self.put_at("prefill_tokens_per_s_corrected", corrected, context, off.format("prefill"))
             if not self.spec.causal:
                 reason = "causal=false: an encoder has no incremental decoding"
             elif not self.wants("decode"):
@@ -698,17 +745,22 @@ class _Run:
             self.put("kv_cache_state_bytes", None, reason)
 
     def decode_speed(self, model: nn.Module, context: int) -> None:
+        _, ref = self.reference("small_ops")  # one token at a time is bound by per-op overhead
         stat, timing, state = measure_decode(
             model, context=context, batch=self.s.decode_batch, decode_tokens=self.s.decode_tokens,
             device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-            min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy())
+            min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy(), reference=ref)
+        n = decode_steps_for(context, self.s.decode_tokens)
         self.put_at("decode_tokens_per_s", stat, context)
-        tokens = timing.calls * self.s.decode_batch * decode_steps_for(context, self.s.decode_tokens)
+        self.put_at("decode_tokens_per_s_corrected", self.corrected(timing, "small_ops", self.s.decode_batch * n),
+                    context)
+        tokens = timing.calls * self.s.decode_batch * n
         energy = None if timing.energy_j is None else timing.energy_j / tokens
         self.put_at("decode_energy_j_per_token", energy, context, self.energy_reason)
         self.record_cache(state, context)
 
-    def prefill(self, model: nn.Module, context: int) -> Stat:
+    def prefill(self, model: nn.Module, context: int) -> tuple[Stat, Stat]:
+        """Prefill tokens/s at `context`: as measured, and corrected to the calibrated speed."""
         gen = torch.Generator().manual_seed(self.s.seed)
         prompt = torch.randint(0, self.spec.vocab_size, (self.s.decode_batch, context), generator=gen).to(self.device)
         causal = self.spec.causal
@@ -716,9 +768,11 @@ class _Run:
         def step() -> None:  # a causal model fills a fresh cache, as serving does
             model(prompt, model.new_cache() if causal else None)
 
+        _, ref = self.reference("matmul")
         timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-                            min_repeat_s=self.s.min_repeat_s)
-        return timing.rate(self.s.decode_batch * context)
+                            min_repeat_s=self.s.min_repeat_s, reference=ref)
+        tokens = self.s.decode_batch * context
+        return timing.rate(tokens), self.corrected(timing, "matmul", tokens)
 
     def record_cache(self, state: DecodeState, context: int) -> None:
         """The bytes the cache holds after decoding, beside the analytic figure they must equal."""
@@ -762,19 +816,21 @@ class _Run:
             self.record_cache(state, context)
 
     # ---- model FLOP utilisation
-    def mfu(self) -> None:
+    def record_mfu(self, timing: Timing | None, tokens_per_step: int) -> None:
+        """Analytic model FLOP/s over the matmul reference's FLOP/s, repeat by repeat: the
+        reference runs around each repeat, so MFU is free of the machine's drift."""
         from nas.costs import costs
 
-        if "train_tokens_per_s" not in self.stats:
+        if timing is None:
             for name in ("peak_flops_per_s", "model_flops_per_s", "mfu"):
-                self.put(name, None, "needs the training throughput: 'train' is not in include")
+                self.put_stat(name, None, "needs the training throughput: 'train' is not in include")
             return
-        peak = peak_flops(self.device, self.s.dtype)
-        flops = costs(self.spec, seq_len=self.s.seq_len_for(self.spec)).flops_per_token
-        achieved = flops * self.stats["train_tokens_per_s"].median
-        self.put("peak_flops_per_s", peak)
-        self.put("model_flops_per_s", achieved)
-        self.put("mfu", achieved / peak)
+        ref, _ = self.refs["matmul"]
+        peak = timing.reference_rate(ref.units)
+        flops = costs(self.spec, seq_len=self.s.seq_len_for(self.spec)).flops_per_token * tokens_per_step
+        self.put_stat("peak_flops_per_s", peak)
+        self.put_stat("model_flops_per_s", timing.rate(flops))
+        self.put_stat("mfu", Stat.of([flops / s / p for s, p in zip(timing.seconds, peak.samples)]))
 
 
 def _train_step(model: nn.Module, batch: int, seq_len: int, run: _Run) -> Callable[[], None]:

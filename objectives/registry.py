@@ -39,6 +39,15 @@ _ALL = [
     _measured("train_tokens_per_s", "maximize", "tokens/s", "measured training throughput (median of repeats)"),
     _measured("prefill_tokens_per_s", "maximize", "tokens/s", "measured prefill throughput"),
     _measured("decode_tokens_per_s", "maximize", "tokens/s", "measured decoding throughput with the KV cache"),
+    # The same repeats corrected for the machine's drift (nas/reference.py): on a shared or
+    # virtual machine these rank designs measured minutes apart fairly.
+    _measured("train_tokens_per_s_corrected", "maximize", "tokens/s",
+              "training throughput at the node's calibrated speed (drift-corrected)"),
+    _measured("prefill_tokens_per_s_corrected", "maximize", "tokens/s",
+              "prefill throughput at the node's calibrated speed (drift-corrected)"),
+    _measured("decode_tokens_per_s_corrected", "maximize", "tokens/s",
+              "decoding throughput at the node's calibrated speed (drift-corrected)"),
+    _measured("mfu", "maximize", "fraction", "model FLOP utilisation: analytic FLOP/s over a matmul's, per repeat"),
     _measured("peak_memory_mb", "minimize", "MB", "peak memory of a training step"),
     _measured("decode_memory_mb", "minimize", "MB", "peak memory while decoding"),
     _measured("energy_j_per_token", "minimize", "J/token", "training energy per token (NVML; GPUs only)"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,10 +42,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def private_lock_dir(tmp_path, monkeypatch):
-    # Other test runs on this node must not serialise with ours (or we with theirs).
-    monkeypatch.setenv("QKVNAS_LOCK_DIR", str(tmp_path / "lock"))
+@pytest.fixture(scope="module", autouse=True)
+def private_lock_dir(tmp_path_factory):
+    # Other test runs on this node must not serialise with ours (or we with theirs). One folder
+    # for the module, so the reference kernels are calibrated once, not in every test.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QKVNAS_LOCK_DIR", str(tmp_path_factory.mktemp("lock")))
+        yield
 
 
 # ---- statistics and the timing protocol -------------------------------------------------
@@ -217,9 +221,16 @@ def test_measure_on_cpu_reports_gpu_figures_unavailable(monkeypatch):
     m = M.measure(spec, M.MeasureSettings(batch_size=2, decode_contexts=(32, 16), decode_tokens=4, **FAST))
     d = json.loads(json.dumps(m.to_dict()))  # JSON-able
     for key in ("train_tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s", "decode_tokens_per_s_ctx16"):
-        assert d[key] > 0 and d[f"{key}_cv"] is not None and len(d["samples"][key]) == 2
+        for name in (key, key.replace("_per_s", "_per_s_corrected")):
+            assert d[name] > 0 and d[f"{name}_cv"] is not None and len(d["samples"][name]) == 2
     assert d["peak_memory_mb"] > 0 and d["decode_memory_mb"] >= 0
-    assert 0 < d["mfu"] < 1
+    assert 0 < d["mfu"] < 1 and d["mfu_cv"] is not None
+    # MFU is per repeat: the design's FLOP rate over the matmul reference timed around it.
+    flops = [f / p for f, p in zip(d["samples"]["model_flops_per_s"], d["samples"]["peak_flops_per_s"])]
+    assert d["mfu"] == pytest.approx(sorted(flops)[0] / 2 + sorted(flops)[1] / 2)
+    # Three timed phases at two contexts (train, prefill x2, decode x2), two repeats each.
+    assert len(d["samples"]["machine_speed"]) == 10 and d["machine_speed"] > 0
+    assert set(d["fingerprint"]["settings"]["reference_calibrated"]) == {"matmul", "small_ops"}
     for key in ("energy_j_per_token", "decode_energy_j_per_token", "cuda_max_memory_allocated_mb",
                 "cuda_max_memory_reserved_mb", "nvml_used_memory_mb"):
         assert d[key] is None and "\n" not in d["unavailable"][key]
@@ -242,8 +253,10 @@ def test_encoder_has_prefill_but_no_decoding():
 def test_include_skips_phases_with_a_reason():
     m = M.measure(tiny(), M.MeasureSettings(include=("prefill",), **FAST)).to_dict()
     assert m["prefill_tokens_per_s"] > 0
-    for key in ("train_tokens_per_s", "decode_tokens_per_s", "peak_memory_mb", "mfu", "kv_cache_bytes"):
+    for key in ("train_tokens_per_s", "train_tokens_per_s_corrected", "decode_tokens_per_s",
+                "decode_tokens_per_s_corrected", "peak_memory_mb", "mfu", "kv_cache_bytes"):
         assert m[key] is None and m["unavailable"][key]
+    assert m["prefill_tokens_per_s_corrected"] > 0
 
 
 def test_measure_leaves_the_callers_rng_alone():
@@ -375,7 +388,7 @@ def test_lock_serialises_processes(tmp_path):
     intervals = [tuple(map(float, p.communicate(timeout=120)[0].split())) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert not _overlaps(intervals), intervals
-    assert (tmp_path / "lock" / M.LOCK_FILE).exists()
+    assert os.path.exists(M.lock_path())
 
 
 def test_lock_is_reentrant_and_measure_waits_for_a_holder():
