@@ -64,6 +64,10 @@ def run_study(config: StudyConfig | str | Path, overrides: list[str] | tuple[str
                 execute(config, study, address=ray_address, progress=shown)
             except KeyboardInterrupt:
                 release_own_trials(study)
+                if sqlite_path(url) is not None:
+                    # One writer holds a SQLite study: a trial that Ctrl-C caught between its
+                    # creation and its worker tag is ours too, and must not stay RUNNING.
+                    recover_stale_trials(study, all_running=True)
                 interrupted = True
         if interrupted:
             print(f"interrupted: {summary_line(counts(study), config.trials)}. "

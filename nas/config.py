@@ -29,6 +29,7 @@ from objectives import get_objective
 PRESET_DIR = Path(__file__).parent / "presets"
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TARGET = re.compile(r"^(local|accelerator:[A-Za-z0-9][A-Za-z0-9_.-]*|resource:[A-Za-z0-9_][A-Za-z0-9_.:-]*)$")
 
 
 class _Section(BaseModel):
@@ -51,6 +52,19 @@ class ResourcesConfig(_Section):
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)  # fractions share one GPU between trials
     max_concurrent: int = Field(default=1, ge=1)
+    # The hardware the figures are for: "local" (wherever Ray places trials), "accelerator:<Ray
+    # accelerator type>" (e.g. accelerator:H100) or "resource:<custom Ray resource>". Trials run
+    # only on nodes that have it; a cluster without it is an error, never a silent fallback.
+    target: str = "local"
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, target: str) -> str:
+        if not _TARGET.match(target):
+            raise ValueError(f"target={target!r} is not a target; use \"local\", \"accelerator:<type>\" "
+                             "(a Ray accelerator type, e.g. accelerator:H100) or \"resource:<name>\" "
+                             "(a custom resource a node was started with)")
+        return target
 
 
 class ProbeConfig(_Section):

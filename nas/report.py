@@ -398,7 +398,7 @@ def _plots(plots: dict[str, Path]) -> str:
     return "\n".join([
         "## Plots", "",
         f"![loss against compute]({plots['compute'].name})", "",
-        f"Loss against compute C = 6·N·D per design (log-log). Points are runs (colour: size; marker: budget); "
+        "Loss against compute C = 6·N·D per design (log-log). Points are runs (colour: size; marker: budget); "
         "lines are the fitted law at each size's N; the dashed line is the fitted iso-FLOP frontier.", "",
         f"![gap against size and tokens]({plots['gap'].name})", "",
         "Gap to the baseline against N (one line per budget) and against D (one line per size), with 95% intervals.", "",

@@ -62,6 +62,7 @@ def ray_session(config: StudyConfig, address: str | None) -> Iterator[str]:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(include_dashboard=config.ray.dashboard, _temp_dir=scratch, logging_level=logging.ERROR,
                      log_to_driver=False)
+        check_target(config.resources.target, ray.cluster_resources())
         yield os.path.join(scratch, "tune")
     finally:
         ray.shutdown()
@@ -85,6 +86,40 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
             time.sleep(0.5)
 
 
+# ---- the target hardware ------------------------------------------------------------------
+_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def target_resource(target: str) -> str | None:
+    """The Ray resource that marks a study's target nodes; None for "local" (anywhere)."""
+    kind, _, name = target.partition(":")
+    return {"local": None, "accelerator": f"accelerator_type:{name}", "resource": name}[kind]
+
+
+def trial_resources(resources: Any) -> dict[str, float]:
+    """What each trial asks Ray for: its CPUs and GPUs, and a sliver of the target's resource,
+    which places it on a matching node without limiting how many trials run there."""
+    out = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    key = target_resource(resources.target)
+    if key is not None:
+        out[key] = 0.001
+    return out
+
+
+def check_target(target: str, cluster: dict[str, float]) -> None:
+    """A target that no node of the cluster has is an error before any trial starts: the study's
+    figures are for that hardware, and trials must not quietly run (and measure) elsewhere."""
+    key = target_resource(target)
+    if key is None or cluster.get(key, 0) > 0:
+        return
+    have = sorted(k for k in cluster if k not in _BUILTIN and not k.startswith("node:"))
+    hint = ("start a node that has one" if key.startswith("accelerator_type:")
+            else f"start a node with `ray start --resources='{{\"{key}\": 1}}'`")
+    raise ValueError(f"resources.target = {target!r}: no node of this Ray cluster has the resource {key!r} "
+                     f"(it has {', '.join(have) or 'only CPU, GPU and memory'}); {hint} and pass its address "
+                     "with --ray-address, or set resources.target = \"local\"")
+
+
 # ---- the searcher -----------------------------------------------------------------------
 def _make_searcher(config: StudyConfig, study: optuna.Study, progress: Progress) -> Any:
     from ray.tune.search.optuna import OptunaSearch
@@ -106,8 +141,8 @@ def _make_searcher(config: StudyConfig, study: optuna.Study, progress: Progress)
             worker = worker_identity()
 
             def sample(trial: Any) -> dict[str, Any]:
+                trial.set_user_attr(ATTR_WORKER, worker)  # first: an interrupted sample is still ours
                 spec = space.sample(trial)
-                trial.set_user_attr(ATTR_WORKER, worker)
                 trial.set_user_attr(ATTR_SPEC_HASH, spec.hash)
                 return {"spec_json": spec.to_json(), ATTR_DUPLICATE_OF: self._known.get(spec.hash)}
 
@@ -236,8 +271,8 @@ def _one_tuner_run(config: StudyConfig, study: optuna.Study, n_trials: int, prog
     from ray import tune
 
     searcher = _make_searcher(config, study, progress)
-    resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_trainable, study_json=config.to_json()), resources)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, study_json=config.to_json()),
+                                    trial_resources(config.resources))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials, reuse_actors=True,
@@ -259,8 +294,8 @@ def run_ladder_round(config: Any, study: optuna.Study, by_key: dict[tuple, Any],
     from ray import tune
 
     searcher = _make_ladder_searcher(study, by_key, progress)
-    resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_ladder_trainable, ladder_json=config.to_json()), resources)
+    trainable = tune.with_resources(tune.with_parameters(_ladder_trainable, ladder_json=config.to_json()),
+                                    trial_resources(config.resources))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n, reuse_actors=True,
@@ -304,8 +339,8 @@ def _make_ladder_searcher(study: optuna.Study, by_key: dict[tuple, Any], progres
 
         @staticmethod
         def _sample(trial: Any) -> dict[str, Any]:
+            trial.set_user_attr(ATTR_WORKER, worker)  # first: an interrupted sample is still ours
             point = suggest_point(trial, by_key)
-            trial.set_user_attr(ATTR_WORKER, worker)
             for key, value in point_attrs(point).items():
                 trial.set_user_attr(key, value)
             return {"point_json": json.dumps(point.to_dict())}

@@ -1,5 +1,4 @@
 """Analytic costs against the built module: parameters, KV-cache bytes, FLOPs."""
-import dataclasses
 
 import pytest
 import torch

@@ -175,6 +175,7 @@ def ray_cluster(sandbox):
         "runtime-env-agent-port", "metrics-export-port")}
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         '--resources={"qkvnas_bench": 1}',  # a custom resource, for resources.target
          "--include-dashboard=false", f"--temp-dir={root / 'tmp' / 'ray'}", "--block",
          *[f"{k}={v}" for k, v in ports.items()]],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -191,8 +192,10 @@ def test_studies_on_a_running_ray_cluster(ray_cluster):
     each trial with its reason and still finishes."""
     address, root, env = ray_cluster
     # Random sampler, seed 1: kv bytes 16, 32, 16 (the first design again), 128 (over the limit).
+    # Its trials ask for the node's custom resource: they run there (the only node that has it).
     write_study(root, "cluster", trials=4, concurrent=2, seed=1)
-    code, text = finish(start(["run", "cluster.toml", "--ray-address", address], root, env), 300)
+    code, text = finish(start(["run", "cluster.toml", "--ray-address", address,
+                               "--set", 'resources.target="resource:qkvnas_bench"'], root, env), 300)
     assert code == 0, text
     study = load(root, "cluster")
     trials = finished(study)
@@ -206,6 +209,13 @@ def test_studies_on_a_running_ray_cluster(ray_cluster):
     for trial in trials:  # a repeated design is either trained again or copied, never different
         if "duplicate_of" in trial.user_attrs:
             assert trial.values == study.trials[trial.user_attrs["duplicate_of"]].values
+
+    # A target that no node has is refused before any trial runs, never measured elsewhere.
+    write_study(root, "elsewhere", trials=1)
+    code, text = finish(start(["run", "elsewhere.toml", "--ray-address", address,
+                               "--set", 'resources.target="accelerator:H100"'], root, env), 300)
+    assert code == 2 and "accelerator_type:H100" in text and "qkvnas_bench" in text, text
+    assert not finished(load(root, "elsewhere"))
 
     write_study(root, "diverge", trials=2)
     code, text = finish(start(["run", "diverge.toml", "--set", "budget.lr=1000.0", "--set", "constraints={}",
