@@ -111,19 +111,23 @@ class SizeStep(_Section):
         return f"d{self.d_model}r{self.repeats}"
 
 
-class LadderBudget(_Section):
-    """``TrainBudget`` without ``tokens`` and ``seed``: those come from each grid point."""
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainBudget)}
 
-    batch_size: int = Field(default=16, ge=1)
-    seq_len: int | None = None
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = Field(default=0, ge=0)
-    eval_batches: int = Field(default=8, ge=1)
-    device: str = "auto"
+
+class LadderBudget(_Section):
+    """``TrainBudget`` without ``tokens`` and ``seed``: those come from each grid point. The
+    defaults are TrainBudget's own, so a ladder trains exactly as a study does."""
+
+    batch_size: int = Field(default=_TRAIN_DEFAULTS["batch_size"], ge=1)
+    seq_len: int | None = _TRAIN_DEFAULTS["seq_len"]
+    lr: float = _TRAIN_DEFAULTS["lr"]
+    min_lr_frac: float = _TRAIN_DEFAULTS["min_lr_frac"]
+    warmup_frac: float = _TRAIN_DEFAULTS["warmup_frac"]
+    weight_decay: float = _TRAIN_DEFAULTS["weight_decay"]
+    grad_clip: float = _TRAIN_DEFAULTS["grad_clip"]
+    eval_every: int = Field(default=_TRAIN_DEFAULTS["eval_every"], ge=0)
+    eval_batches: int = Field(default=_TRAIN_DEFAULTS["eval_batches"], ge=1)
+    device: str = _TRAIN_DEFAULTS["device"]
 
     @model_validator(mode="after")
     def _check(self) -> "LadderBudget":

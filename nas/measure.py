@@ -68,8 +68,8 @@ SDPA_BACKENDS: tuple[str, ...] = ("math", "flash", "efficient", "cudnn")
 LOCK_FILE = "qkvnas-measure.lock"
 _TIMED = ("prefill_tokens_per_s", "prefill_tokens_per_s_corrected", "decode_tokens_per_s",
           "decode_tokens_per_s_corrected")  # figures stored with their spread
-_DECODE_FIGURES = ("decode_tokens_per_s", "decode_tokens_per_s_corrected", "decode_energy_j_per_token", "kv_cache_bytes", "kv_cache_bytes_analytic",
-                   "kv_cache_bytes_match")
+_DECODE_FIGURES = ("decode_tokens_per_s", "decode_tokens_per_s_corrected", "decode_energy_j_per_token",
+                   "kv_cache_bytes", "kv_cache_bytes_analytic", "kv_cache_bytes_match")
 
 
 # ---- settings -------------------------------------------------------------------------
@@ -610,9 +610,9 @@ class _Run:
                     f"{str(err).splitlines()[0]}; choose another backend or null"
                 ) from None
 
-    def reference(self, name: str) -> tuple[Reference, Callable[[], float]]:
-        """Reference kernel `name` (nas/reference.py), calibrated on this node on first use, and
-        a sampler of its seconds per call for `time_calls`."""
+    def reference_sampler(self, name: str) -> Callable[[], float]:
+        """Seconds per call of reference kernel `name` (nas/reference.py), for `time_calls`'s
+        `reference`; the kernel is calibrated on this node on first use."""
         dtype = AUTOCAST[self.s.dtype] or torch.float32
         if name not in self.refs:
             ref = reference(name, self.device, dtype)
@@ -621,7 +621,7 @@ class _Run:
         # A sample lasts a quarter of a repeat, at most 50 ms: long enough to be steady, short
         # enough that the reference stays a small share of the measurement's time.
         min_s = min(0.05, self.s.min_repeat_s / 4)
-        return ref, lambda: sample(ref, self.device, min_s)
+        return lambda: sample(ref, self.device, min_s)
 
     def corrected(self, timing: Timing, name: str, units_per_call: float) -> Stat:
         """`timing`'s rate corrected to the node's calibrated speed of kernel `name`."""
@@ -655,10 +655,10 @@ class _Run:
         timing = None
         if self.wants("train"):
             step = _train_step(self.fresh_model().train(), B, T, self)
-            _, ref = self.reference("matmul")
+            sampler = self.reference_sampler("matmul")
             with self.accelerated():
                 timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-                                    min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy(), reference=ref)
+                                    min_repeat_s=self.s.min_repeat_s, energy_mj=self.energy(), reference=sampler)
             del step
         self.record_train_speed(timing, B * T)
         if not self.wants("memory"):
@@ -745,11 +745,11 @@ class _Run:
             self.put("kv_cache_state_bytes", None, reason)
 
     def decode_speed(self, model: nn.Module, context: int) -> None:
-        _, ref = self.reference("small_ops")  # one token at a time is bound by per-op overhead
+        sampler = self.reference_sampler("small_ops")  # one token at a time is bound by per-op overhead
         stat, timing, state = measure_decode(
             model, context=context, batch=self.s.decode_batch, decode_tokens=self.s.decode_tokens,
             device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-            min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy(), reference=ref)
+            min_repeat_s=self.s.min_repeat_s, seed=self.s.seed, energy_mj=self.energy(), reference=sampler)
         n = decode_steps_for(context, self.s.decode_tokens)
         self.put_at("decode_tokens_per_s", stat, context)
         self.put_at("decode_tokens_per_s_corrected", self.corrected(timing, "small_ops", self.s.decode_batch * n),
@@ -768,9 +768,9 @@ class _Run:
         def step() -> None:  # a causal model fills a fresh cache, as serving does
             model(prompt, model.new_cache() if causal else None)
 
-        _, ref = self.reference("matmul")
+        sampler = self.reference_sampler("matmul")
         timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
-                            min_repeat_s=self.s.min_repeat_s, reference=ref)
+                            min_repeat_s=self.s.min_repeat_s, reference=sampler)
         tokens = self.s.decode_batch * context
         return timing.rate(tokens), self.corrected(timing, "matmul", tokens)
 

@@ -297,3 +297,10 @@ def test_analysis_finds_a_constant_gap_and_no_trend(tmp_path: Path) -> None:
     # KV bytes/token at d48r2 (6 heads of 8, 2 layers, bf16): K and V, K only, K only in 3 groups.
     for design, kv in (("qkv", 384), ("q_kv", 192), ("q_kv+gqa2", 96)):
         assert f"| d48r2 | {design} | {kv} |" in text
+
+
+def test_ladder_budget_defaults_are_the_train_budgets():
+    from nas.ladder import LadderBudget
+    from nas.train import TrainBudget
+
+    assert LadderBudget().train_budget(tokens=1000, seed=3) == TrainBudget(tokens=1000, seed=3)
