@@ -2,7 +2,7 @@
 
 1. repeatability: the spread of each figure over 5 independent `measure()` calls of one design
    (target: CV <= 5% on an idle CPU), beside the spread within each call; for every throughput
-   both as measured and `_corrected` for the machine's drift (nas/reference.py), and the drift
+   both as measured and `_corrected` for the machine's drift (nas/measure/reference.py), and the drift
    itself (`machine_speed`: the reference kernels' rates over the node's calibration);
 2. the decode speed-up from the KV cache at long context (cached steps vs a loop that re-runs
    the whole prefix for every token);
@@ -25,7 +25,8 @@ import time
 
 import torch
 
-from nas.measure import MeasureSettings, coefficient_of_variation, measure, measure_decode, resolve_device
+from nas.device import resolve_device
+from nas.measure import MeasureSettings, coefficient_of_variation, measure, measure_decode
 from nas.model import build_model
 from search_spaces.spec import ArchSpec, uniform
 

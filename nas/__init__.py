@@ -1,9 +1,10 @@
 """qkvnas: architecture search over attention designs, measured on the target hardware.
 
 The steps of one trial, each its own module: ``search_spaces`` (spec) -> ``nas.model`` ->
-``nas.costs`` -> ``nas.measure`` -> ``nas.train`` / ``nas.probe`` -> ``nas.trial`` ->
-``nas.study`` + ``nas.runner`` -> ``nas.export``. Imports are lazy so that ``import nas``
-stays cheap (no Ray, no Optuna) for code that only builds models.
+``nas.costs`` -> ``nas.measure`` -> ``nas.train`` / ``nas.probing`` -> ``nas.trial``; a study
+(``nas.study``), a ladder (``nas.ladder``) and a probe suite (``nas.probing``) are jobs of the
+one engine (``nas.engine``) -> ``nas.export``. Imports are lazy so that ``import nas`` stays
+cheap (no Ray, no Optuna) for code that only builds models.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _EXPORTS = {
     "train": "nas.train",
     "MeasureSettings": "nas.measure",
     "measure": "nas.measure",
-    "run_probe": "nas.probe",
+    "run_probe": "nas.probing",
     "load_config": "nas.config",
     "StudyConfig": "nas.config",
     "run_study": "nas.api",

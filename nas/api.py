@@ -14,14 +14,14 @@ from typing import Any, TextIO
 
 import optuna
 
+from nas import engine
 from nas.config import StudyConfig, load_config
+from nas.engine.record import Counts, counts
+from nas.engine.storage import SQLiteLock
 from nas.export import ExportResult, export_study
-from nas.progress import Progress, describe, front_table, summary_line
-from nas.study import (
-    CONFIG_FILE, ATTR_CONFIG, Counts, SQLiteLock, count_done, counts, create_or_load_study, load_existing,
-    open_storage, recover_stale_trials, release_own_trials, resolve_study, save_config_file, sqlite_path,
-    storage_url, stored_config, study_config,
-)
+from nas.study.display import describe, front_table, summary_line
+from nas.study.job import StudyJob
+from nas.study.open import config_of, load_existing, resolve_study, storage_url, stored_config
 
 EXPORT_DIR = "export"
 
@@ -48,45 +48,25 @@ def run_study(config: StudyConfig | str | Path, overrides: list[str] | tuple[str
     out = out or sys.stdout
     preflight(config)
     url = storage_url(config)
-    with SQLiteLock(url, config.name):
-        study = create_or_load_study(config, open_storage(url))
-        study.set_user_attr(ATTR_CONFIG, config.to_dict())  # the latest target and resources
-        save_config_file(config)
-        stale = recover_stale_trials(study, all_running=sqlite_path(url) is not None)
-        if stale:
-            print(f"trials {stale} were left running by a stopped worker: marked failed and queued again", file=out)
-        shown = Progress(study, config.trials, concurrency=config.resources.max_concurrent, out=out, enabled=progress)
-        interrupted = False
-        if count_done(study) < config.trials:
-            from nas.runner import execute  # imports Ray only when trials are to run
-
-            try:
-                execute(config, study, address=ray_address, progress=shown)
-            except KeyboardInterrupt:
-                release_own_trials(study)
-                if sqlite_path(url) is not None:
-                    # One writer holds a SQLite study: a trial that Ctrl-C caught between its
-                    # creation and its worker tag is ours too, and must not stay RUNNING.
-                    recover_stale_trials(study, all_running=True)
-                interrupted = True
-        if interrupted:
-            print(f"interrupted: {summary_line(counts(study), config.trials)}. "
+    with SQLiteLock(url, config.name):  # held through the export, so no second worker writes meanwhile
+        done = engine.run(StudyJob(config), address=ray_address, progress=progress, out=out, locked=True)
+        if done.interrupted:
+            print(f"interrupted: {summary_line(counts(done.study), config.trials)}. "
                   f"Continue with: qkvnas resume {_resume_name(config)}", file=out)
-            return RunSummary(study=config.name, storage=url, counts=counts(study), target=config.trials,
+            return RunSummary(study=config.name, storage=url, counts=counts(done.study), target=config.trials,
                               interrupted=True, export=None)
-        shown.finish()
-        result = export_study(study, config.study_dir / EXPORT_DIR) if export else None
+        result = export_study(done.study, config.study_dir / EXPORT_DIR) if export else None
     if result is not None:
         print(f"Pareto front ({result.front_designs} designs) written to {result.pareto} "
               f"(plot {result.plot}, specs in {result.out_dir / 'specs'})", file=out)
-    return RunSummary(study=config.name, storage=url, counts=counts(study), target=config.trials,
+    return RunSummary(study=config.name, storage=url, counts=counts(done.study), target=config.trials,
                       interrupted=False, export=result)
 
 
 def resume_study(name: str, overrides: list[str] | tuple[str, ...] = (), *, ray_address: str | None = None,
                  progress: bool = True, export: bool = True, out: TextIO | None = None) -> RunSummary:
     """Continue a study by name (``studies/<name>``), study directory, or storage URL."""
-    config = _config_of(name).with_overrides(overrides)
+    config = config_of(name).with_overrides(overrides)
     return run_study(config, ray_address=ray_address, progress=progress, export=export, out=out)
 
 
@@ -128,19 +108,12 @@ def preflight(config: StudyConfig) -> None:
         raise ValueError(f"space.options.base.vocab_size: {err}") from None
     seq_len = config.budget.seq_len or spec.context
     if seq_len > spec.context:
-        raise ValueError(f"budget.seq_len={seq_len} exceeds the designs' context={spec.context}; lower it or raise the space's context")
+        raise ValueError(f"budget.seq_len={seq_len} exceeds the designs' context={spec.context}; "
+                         "lower it or raise the space's context")
     per_step = config.budget.batch_size * seq_len
     if config.budget.tokens < per_step:
         raise ValueError(f"budget.tokens={config.budget.tokens} is less than one step (batch_size × seq_len = {per_step}); "
                          f"give budget.tokens >= {per_step}")
-
-
-def _config_of(name: str) -> StudyConfig:
-    for folder in (Path(name), Path("studies") / name):
-        saved = folder / CONFIG_FILE
-        if saved.is_file():
-            return StudyConfig.from_json(saved.read_text(encoding="utf-8"), source=str(saved))
-    return study_config(load_existing(name))
 
 
 def _resume_name(config: StudyConfig) -> str:

@@ -3,17 +3,66 @@ arguments) and one `_cmd_*` (the call); errors in user input end with a one-line
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# ---- flags whose defaults are a dataclass's ------------------------------------------------
+# A flag that sets a field of one of these defaults to None ("not given"): the command passes
+# only the flags given, so the dataclass default applies and is written once, in the dataclass.
+TRAIN = "nas.train:TrainBudget"
+MEASURE = "nas.measure:MeasureSettings"
+PROBE = "nas.probing:ProbeBudget"
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, owner: str, **kwargs: Any) -> None:
+    """``flag`` for the field of the same name of ``owner``; its help shows the field's default."""
+    action = p.add_argument(flag, default=None, **kwargs)
+    action.default_of = owner  # type: ignore[attr-defined]  # read by _HelpFormatter
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags among ``names`` that were given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _field_default(owner: str, name: str) -> object:
+    module, _, cls = owner.partition(":")
+    field = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}[name]
+    return field.default
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default X)" to a ``_flag``'s help, X read from its dataclass when help is shown
+    (so that parsing a command line never imports torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        owner = getattr(action, "default_of", None)
+        if owner is None:
+            return action.help
+        default = _field_default(owner, action.dest)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        return f"{action.help} (default {shown})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of qkvnas and of each subcommand (subparsers take their parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 # ---- costs ----------------------------------------------------------------------------
@@ -42,11 +91,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, required=True, help="training tokens (whole steps of batch-size x seq-len)")
     p.add_argument("--data", default=None,
                    help="text file, folder of text files, or Parquet/Arrow token shards (default: shipped Shakespeare)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=None, help="training window (default: the spec's context)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    _flag(p, "--batch-size", TRAIN, type=int, help="sequences per step")
+    p.add_argument("--seq-len", type=int, help="training window (default: the spec's context)")
+    _flag(p, "--lr", TRAIN, type=float, help="peak learning rate")
+    _flag(p, "--seed", TRAIN, type=int, help="seed of the weights and batches")
+    _flag(p, "--device", TRAIN, help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=_cmd_train)
 
@@ -58,8 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     spec = ArchSpec.load(args.spec)
     corpus = load_corpus(args.data)
-    budget = TrainBudget(tokens=args.tokens, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                         seed=args.seed, device=args.device)
+    budget = TrainBudget(tokens=args.tokens, **_given(args, "batch_size", "seq_len", "lr", "seed", "device"))
     result = train(spec, corpus, budget, progress=not args.no_progress)
     out = {"spec_hash": spec.hash, "corpus": corpus.describe(), **result.to_dict()}
     _print_json(_strict_json(out))
@@ -81,20 +129,19 @@ def _strict_json(obj: object) -> object:
 def _add_measure(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("measure", help="measure one design on this machine: throughput, memory, KV cache, energy, MFU")
     p.add_argument("spec", help="path of a JSON spec")
-    p.add_argument("--batch-size", type=int, default=8, help="training batch (default 8)")
-    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: the spec's context)")
-    p.add_argument("--decode-contexts", default=None, help="comma-separated cache lengths, e.g. 512,2048 (default: context)")
-    p.add_argument("--decode-batch", type=int, default=1, help="batch of prefill and decode (default 1)")
-    p.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded per timed call (default 32)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="autocast dtype (float32: no autocast)")
+    _flag(p, "--batch-size", MEASURE, type=int, help="training batch")
+    p.add_argument("--seq-len", type=int, help="training sequence length (default: the spec's context)")
+    p.add_argument("--decode-contexts", help="comma-separated cache lengths, e.g. 512,2048 (default: context)")
+    _flag(p, "--decode-batch", MEASURE, type=int, help="batch of prefill and decode")
+    _flag(p, "--decode-tokens", MEASURE, type=int, help="tokens decoded per timed call")
+    _flag(p, "--warmup", MEASURE, type=int, help="untimed calls before the repeats")
+    _flag(p, "--repeats", MEASURE, type=int, help="timed repeats (the median is kept)")
+    _flag(p, "--device", MEASURE, help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    _flag(p, "--dtype", MEASURE, choices=["float32", "bfloat16", "float16"], help="autocast dtype (float32: no autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--sdpa-backend", default=None, choices=["math", "flash", "efficient", "cudnn"])
-    p.add_argument("--threads", type=int, default=None, help="torch threads while measuring (default: leave)")
-    p.add_argument("--include", default="train,prefill,decode,memory", help="comma-separated phases to measure")
+    p.add_argument("--sdpa-backend", choices=["math", "flash", "efficient", "cudnn"])
+    p.add_argument("--threads", type=int, help="torch threads while measuring (default: leave)")
+    _flag(p, "--include", MEASURE, help="comma-separated phases to measure")
     p.set_defaults(handler=_cmd_measure)
 
 
@@ -103,11 +150,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from search_spaces.spec import ArchSpec
 
     spec = ArchSpec.load(args.spec)
-    settings = MeasureSettings(
-        batch_size=args.batch_size, seq_len=args.seq_len, decode_contexts=_int_list("--decode-contexts", args.decode_contexts),
-        decode_batch=args.decode_batch, decode_tokens=args.decode_tokens, warmup=args.warmup, repeats=args.repeats,
-        device=args.device, dtype=args.dtype, compile=args.compile, sdpa_backend=args.sdpa_backend,
-        threads=args.threads, include=tuple(x.strip() for x in args.include.split(",") if x.strip()))
+    given = _given(args, "batch_size", "seq_len", "decode_batch", "decode_tokens", "warmup", "repeats", "device",
+                   "dtype", "sdpa_backend", "threads")
+    if args.include is not None:
+        given["include"] = tuple(x.strip() for x in args.include.split(",") if x.strip())
+    settings = MeasureSettings(**given, decode_contexts=_int_list("--decode-contexts", args.decode_contexts),
+                               compile=args.compile)
     result = measure(spec, settings)
     _print_json(_strict_json(result.to_dict()))
     print(result.table(), file=sys.stderr)  # for people; stdout stays pure JSON
@@ -206,9 +254,9 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="path of a JSON spec (vocab, context and causal are set by each probe)")
     p.add_argument("--tasks", required=True, help="comma-separated probe tasks, e.g. mqar,induction,reverse")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per task (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: ProbeBudget's)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: ProbeBudget's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: ProbeBudget's)")
+    _flag(p, "--steps", PROBE, type=int, help="training steps per run")
+    _flag(p, "--batch-size", PROBE, type=int, help="examples per step")
+    _flag(p, "--lr", PROBE, type=float, help="peak learning rate")
     p.add_argument("--param", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="a probe size parameter, e.g. mqar.n_pairs=8 (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -234,10 +282,10 @@ def _probe_params(items: list[str], tasks: list[str]) -> dict[str, dict[str, obj
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    import dataclasses
     import statistics
 
-    from nas.probe import ProbeBudget, run_probe, torch_threads
+    from nas.common import torch_threads
+    from nas.probing import ProbeBudget, run_probe
     from search_spaces.spec import ArchSpec
 
     spec = ArchSpec.load(args.spec)
@@ -245,8 +293,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds} must be at least 1")
     params = _probe_params(args.param, tasks)
-    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
-    budget = dataclasses.replace(ProbeBudget(), **changes)
+    budget = ProbeBudget(**_given(args, "steps", "batch_size", "lr"))
     report: dict[str, object] = {"spec": spec.hash, "budget": dataclasses.asdict(budget), "tasks": {}}
     if args.threads < 0:
         raise ValueError(f"--threads={args.threads} must be 0 (torch's default) or more")
@@ -267,7 +314,12 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _add_probe_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe-suite", help="compare designs on probe tasks over a grid; write a variant x task table")
     p.add_argument("--preset", required=True, help="a shipped suite (paper_synthetic, causal_probes) or a suite .toml path")
-    p.add_argument("--out", required=True, help="folder for runs.parquet, table.parquet and table.md")
+    p.add_argument("--out", required=True,
+                   help="folder for runs.parquet, table.parquet, table.md and the suite's storage (suite.db: "
+                        "run the same command again to continue a stopped suite)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="run the suite's trials in this process (default: runs of seconds, Ray's start-up would "
+                        "dominate) or as Ray Tune trials")
     p.add_argument("--seeds", type=int, default=None, help="override the suite's number of seeds")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
@@ -276,18 +328,16 @@ def _add_probe_suite(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe_suite(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from nas.probe_suite import load_suite, run_suite
+    from nas.probing import load_suite, run_suite
 
     config = load_suite(args.preset)
     if args.seeds is not None:
         if args.seeds < 1:
             raise ValueError(f"--seeds={args.seeds} must be at least 1")
-        config = dataclasses.replace(config, seeds=args.seeds)
+        config = config.model_copy(update={"seeds": args.seeds})
     if args.threads < 0:
         raise ValueError(f"--threads={args.threads} must be 0 (torch's default) or more")
-    result = run_suite(config, args.out, device=args.device, threads=args.threads or None)
+    result = run_suite(config, args.out, device=args.device, threads=args.threads or None, executor=args.executor)
     print(result["markdown"])
     return 0
 
@@ -308,7 +358,7 @@ def _add_ladder(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_ladder(args: argparse.Namespace) -> int:
     from nas.ladder import load_ladder_config, run_ladder
-    from nas.report import write_report
+    from nas.ladder.report import write_report
 
     if args.config and args.preset:
         raise ValueError("give a ladder file or --preset NAME, not both")
@@ -335,7 +385,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from nas.ladder import find_ladder
-    from nas.report import write_report
+    from nas.ladder.report import write_report
 
     print(write_report(find_ladder(args.name), n_boot=args.bootstrap))
     return 0
@@ -359,7 +409,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qkvnas", description="Architecture search over attention designs, measured on your hardware."
     )
     sub = parser.add_subparsers(dest="command", required=True)

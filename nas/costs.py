@@ -1,15 +1,17 @@
 """Exact costs of a design, from the spec alone: parameters, KV-cache bytes, FLOPs.
 
-Every formula mirrors a module in `nas/model.py` and is tested against the built model
-(parameters against `sum(p.numel())`, KV bytes against the cache tensors after decoding,
-matmul FLOPs against torch's FLOP counter), so the search can reject a design on its costs
-before building it.
+Every formula mirrors a module in `nas/model.py` (one cost function per K/V source class there)
+and is tested against the built model (parameters against `sum(p.numel())`, KV bytes against
+the cache tensors after decoding, matmul FLOPs against torch's FLOP counter), so the search can
+reject a design on its costs before building it.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from nas.kv_source import KVSourceName, has_q_projection, kv_source_name
 from search_spaces.spec import ASYM_CHANNELS, DCONV_KERNEL, ArchSpec, LayerSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -32,6 +34,59 @@ def _norm(spec: ArchSpec) -> int:
     return spec.d_model * (2 if spec.norm == "layernorm" and spec.bias else 1)
 
 
+# ---- the K/V sources: one cost function per `KVSource` of nas/model.py -----------------
+@dataclass(frozen=True, kw_only=True)
+class KVSourceCost:
+    """What one layer's K/V source costs, from the spec alone."""
+
+    params: int  # of its projections
+    conv_widths: tuple[int, ...]  # output width of each of its projections that a dconv follows
+    elements_per_token: int  # cached numbers per token (before a window bounds them)
+    expand_weights: int  # weights every cached entry passes through again at each decode step
+
+
+def _kv_width(spec: ArchSpec, layer: LayerSpec) -> int:
+    assert layer.n_kv_heads is not None
+    return layer.n_kv_heads * spec.head_dim
+
+
+def dense_kv_cost(spec: ArchSpec, layer: LayerSpec) -> KVSourceCost:
+    """`DenseKV`: K and V projections; the cache keeps K and V."""
+    w, d, b = _kv_width(spec, layer), spec.d_model, spec.bias
+    params = _linear(d, w, b, layer.qk_rank) + _linear(d, w, b, layer.v_rank)
+    return KVSourceCost(params=params, conv_widths=(w, w), elements_per_token=2 * w, expand_weights=0)
+
+
+def tied_kv_cost(spec: ArchSpec, layer: LayerSpec) -> KVSourceCost:
+    """`TiedKV`: one projection, V is K; the cache keeps K only."""
+    w = _kv_width(spec, layer)
+    params = _linear(spec.d_model, w, spec.bias, layer.qk_rank)
+    return KVSourceCost(params=params, conv_widths=(w,), elements_per_token=w, expand_weights=0)
+
+
+def latent_kv_cost(spec: ArchSpec, layer: LayerSpec) -> KVSourceCost:
+    """`LatentKV`: the cache keeps one latent, re-expanded into K (and V) at every decode step."""
+    r, w, b = layer.kv_latent, _kv_width(spec, layer), spec.bias
+    assert r is not None
+    ups = 1 if layer.v_is_k else 2  # k_up, and v_up unless V is K
+    params = _linear(spec.d_model, r, b) + _linear(r, w, b) * ups
+    return KVSourceCost(params=params, conv_widths=(r,), elements_per_token=r, expand_weights=r * w * ups)
+
+
+def borrowed_kv_cost(spec: ArchSpec, layer: LayerSpec) -> KVSourceCost:
+    """`BorrowedKV`: an earlier layer's K/V; no projection, nothing cached."""
+    return KVSourceCost(params=0, conv_widths=(), elements_per_token=0, expand_weights=0)
+
+
+KV_SOURCE_COSTS: dict[KVSourceName, Callable[[ArchSpec, LayerSpec], KVSourceCost]] = {
+    "dense": dense_kv_cost, "tied": tied_kv_cost, "latent": latent_kv_cost, "borrowed": borrowed_kv_cost,
+}
+
+
+def kv_source_cost(spec: ArchSpec, layer: LayerSpec) -> KVSourceCost:
+    return KV_SOURCE_COSTS[kv_source_name(layer)](spec, layer)
+
+
 def attention_params(spec: ArchSpec, layer: LayerSpec) -> int:
     """Parameters of one layer's token mixer (projections, dconv, asym term, output)."""
     d, h, hd, b = spec.d_model, spec.n_heads, spec.head_dim, spec.bias
@@ -39,25 +94,14 @@ def attention_params(spec: ArchSpec, layer: LayerSpec) -> int:
         return 0
     if layer.attn == "mixer":
         return h * spec.context**2 + _linear(d, d, b)
-    g = layer.n_kv_heads
-    assert g is not None
-    widths = {}  # output width of each projection that exists (and gets a dconv)
-    total = _linear(h * hd, d, b)  # output projection
-    if not layer.q_is_k or layer.kv_from is not None:
+    source = kv_source_cost(spec, layer)
+    total = _linear(h * hd, d, b) + source.params  # output projection, K/V source
+    widths = source.conv_widths  # output width of each projection that exists (and gets a dconv)
+    if has_q_projection(layer):
         total += _linear(d, h * hd, b, layer.qk_rank)
-        widths["q"] = h * hd
-    if layer.kv_from is None and layer.kv_latent is not None:
-        r = layer.kv_latent
-        total += _linear(d, r, b) + _linear(r, g * hd, b) * (1 if layer.v_is_k else 2)
-        widths["latent"] = r
-    elif layer.kv_from is None:
-        total += _linear(d, g * hd, b, layer.qk_rank)
-        widths["k"] = g * hd
-        if not layer.v_is_k:
-            total += _linear(d, g * hd, b, layer.v_rank)
-            widths["v"] = g * hd
+        widths = (h * hd, *widths)
     if layer.dconv:
-        total += sum(w * DCONV_KERNEL + (w if b else 0) for w in widths.values())
+        total += sum(w * DCONV_KERNEL + (w if b else 0) for w in widths)
     if layer.asym_pos:
         total += h * ASYM_CHANNELS + h
     return total
@@ -83,14 +127,11 @@ def param_count(spec: ArchSpec) -> int:
 # ---- KV cache -------------------------------------------------------------------------
 def kv_elements_per_token(spec: ArchSpec, layer: LayerSpec) -> int:
     """Cached numbers per token for one layer (before the window bounds them)."""
-    if layer.attn == "none" or layer.kv_from is not None:
+    if layer.attn == "none":
         return 0
     if layer.attn == "mixer":
         return spec.d_model  # every earlier input is needed to mix the next token
-    if layer.kv_latent is not None:
-        return layer.kv_latent
-    assert layer.n_kv_heads is not None
-    return layer.n_kv_heads * spec.head_dim * (1 if layer.v_is_k else 2)
+    return kv_source_cost(spec, layer).elements_per_token
 
 
 def kv_cache_bytes(spec: ArchSpec, n_tokens: int, *, batch: int = 1, dtype: str = "bfloat16") -> int:
@@ -153,7 +194,8 @@ def forward_flops_per_token(spec: ArchSpec, seq_len: int | None = None, *, causa
 def decode_flops_per_token(spec: ArchSpec, n_cached: int | None = None) -> float:
     """FLOPs to decode one token with `n_cached` tokens already in the cache (default: context-1).
 
-    A latent layer re-expands every cached latent into K (and V) each step, as model.py does.
+    A latent layer re-expands every cached latent into K (and V) each step, as model.py does:
+    its source's `expand_weights`, for every key but the new one.
     """
     S = (spec.context - 1 if n_cached is None else n_cached) + 1
     total = float(matmul_flops_per_token(spec))
@@ -161,10 +203,7 @@ def decode_flops_per_token(spec: ArchSpec, n_cached: int | None = None) -> float
         keys = S if layer.window is None else min(S, layer.window)
         if layer.attn == "attention":
             total += 2 * 2 * spec.d_model * keys
-            if layer.kv_latent is not None and layer.kv_from is None:
-                assert layer.n_kv_heads is not None
-                outs = layer.n_kv_heads * spec.head_dim * (1 if layer.v_is_k else 2)
-                total += 2 * layer.kv_latent * outs * (keys - 1)
+            total += 2 * kv_source_cost(spec, layer).expand_weights * (keys - 1)
         elif layer.attn == "mixer":
             total += 2 * spec.d_model * keys
     return total

@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
+from nas.common import atomic_write, atomic_write_text
 from nas.study import (
-    ATTR_CONFIG, ATTR_DUPLICATE_OF, ATTR_REASON, ATTR_RETRY_OF, ATTR_SPEC_HASH, ATTR_SPEC_JSON, ATTR_STALE, ATTR_STATUS,
-    counts, is_feasible, load_existing, pareto_front,
+    ATTR_CONFIG, ATTR_DUPLICATE_OF, ATTR_REASON, ATTR_RETRY_OF, ATTR_SPEC_HASH, ATTR_SPEC_JSON, ATTR_STALE, ATTR_STATUS, counts,
+    is_feasible, load_existing, pareto_front,
 )
 
 HARDWARE_COLUMNS = ("device", "device_name", "cpu_model", "torch", "cuda", "host")
 TIMING_COLUMNS = ("total_s", "costs_s", "measure_s", "train_s", "probe_s")
 COST_COLUMNS = ("params", "kv_cache_bytes_per_token", "flops_per_token")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +60,8 @@ def export_study(name_or_storage: str | optuna.Study, out_dir: str | Path, *,
     _write_parquet(out / "pareto.parquet", [r for r in rows if r["on_front"]], study)
     specs = _write_specs(out / "specs", trials)
     plot = out / "pareto.png"
-    _atomic(plot, lambda path: plot_front(study, path))
-    _atomic(out / "study.json", lambda path: path.write_text(json.dumps(study_summary(study), indent=2) + "\n"))
+    atomic_write(plot, lambda path: plot_front(study, path))
+    atomic_write(out / "study.json", lambda path: path.write_text(json.dumps(study_summary(study), indent=2) + "\n"))
     return ExportResult(out_dir=out, pareto=out / "pareto.parquet", trials=out / "trials.parquet", plot=plot,
                         specs=tuple(specs), front_size=len(front),
                         front_designs=len({t.user_attrs.get(ATTR_SPEC_HASH, t.number) for t in front}), n_trials=len(trials))
@@ -120,7 +117,7 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]], study: optuna.Study) 
 
     columns = _columns(rows, study)
     table = pa.table({name: pa.array([r.get(name) for r in rows], type=kind) for name, kind in columns.items()})
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _columns(rows: list[dict[str, Any]], study: optuna.Study) -> dict[str, Any]:
@@ -154,22 +151,9 @@ def _write_specs(folder: Path, trials: list[FrozenTrial]) -> list[Path]:
         if not text or not digest or digest in written:
             continue
         path = folder / f"{digest}.json"
-        _atomic(path, lambda tmp, text=text: tmp.write_text(text + "\n", encoding="utf-8"))
+        atomic_write_text(path, text + "\n")
         written[digest] = path
     return list(written.values())
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; exports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def study_summary(study: optuna.Study) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 `build_model(spec)` returns a decoder-only LM (or a bidirectional encoder when
 `spec.causal` is false). One `Attention` class covers every projection design: tied
 projections exist once as parameters and run once as matmuls, so a `q_kv` layer computes
-two projections and a `qkv_single` layer one. Incremental decoding keeps a `KVCache` that
-stores only what the design needs (K only when V is K, the latent for `kv_latent`, at most
-`window` tokens, nothing for `kv_from` or attention-free layers).
+two projections and a `qkv_single` layer one. Where K and V come from is a small module,
+a `KVSource` (dense, V tied to K, a latent, borrowed from an earlier layer), and each source
+holds its own cache rule: incremental decoding keeps a `KVCache` that stores only what the
+design needs (K only when V is K, the latent for `kv_latent`, at most `window` tokens,
+nothing for `kv_from` or attention-free layers).
 
 Shapes: B batch, T new tokens, S cached+new keys, h query heads, g K/V heads, hd head dim.
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nas.kv_source import KVSourceName, has_q_projection, kv_source_name
 from search_spaces.spec import ASYM_CHANNELS, DCONV_KERNEL, ArchSpec, LayerSpec
 
 ROPE_BASE = 10000.0
@@ -26,17 +30,16 @@ ROPE_BASE = 10000.0
 # ---- the cache ------------------------------------------------------------------------
 @dataclass
 class LayerCache:
-    """What one layer keeps between decoding steps. Tensors are (B, S, C) or (B, g, S, hd)."""
+    """What one layer keeps between decoding steps. `entries` are the per-token tensors its K/V
+    source (or the mixer) defines: DenseKV (K (B, g, S, hd) with RoPE applied, V); TiedKV (K
+    before RoPE,); LatentKV (latent (B, S, r),); Mixer (normalised inputs (B, S, d),); or none."""
 
-    k: Tensor | None = None  # (B, g, S, hd), RoPE already applied
-    v: Tensor | None = None  # (B, g, S, hd); None when V is K
-    latent: Tensor | None = None  # (B, S, r) for kv_latent
-    x: Tensor | None = None  # (B, S, d) normalised inputs, for the mixer
+    entries: tuple[Tensor, ...] = ()
     start: int = 0  # absolute position of the first kept entry (a window drops old ones)
     conv: dict[str, Tensor] = field(default_factory=dict)  # last K-1 inputs per dconv
 
     def per_token_tensors(self) -> list[Tensor]:
-        return [t for t in (self.k, self.v, self.latent, self.x) if t is not None]
+        return list(self.entries)
 
 
 @dataclass
@@ -51,6 +54,15 @@ class KVCache:
     def state_nbytes(self) -> int:
         """Bytes of the fixed-size convolution state (does not grow with tokens)."""
         return sum(t.numel() * t.element_size() for lc in self.layers for t in lc.conv.values())
+
+
+def _append(lc: LayerCache | None, new: tuple[Tensor, ...], dim: int) -> tuple[Tensor, ...]:
+    """The cached per-token tensors with `new` appended along the token axis `dim`, kept in lc."""
+    if lc is None:
+        return new
+    full = tuple(torch.cat([old, t], dim=dim) for old, t in zip(lc.entries, new, strict=True)) if lc.entries else new
+    lc.entries = full
+    return full
 
 
 # ---- building blocks ------------------------------------------------------------------
@@ -124,15 +136,162 @@ def _take(conv: nn.ModuleDict, name: str, x: Tensor, lc: LayerCache | None) -> T
     return y
 
 
-def _keep(cached: Tensor | None, new: Tensor, dim: int) -> Tensor:
-    return new if cached is None else torch.cat([cached, new], dim=dim)
+
+def _heads(x: Tensor, n: int) -> Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
+    return x.view(x.shape[0], x.shape[1], n, -1).transpose(1, 2)
 
 
-# ---- attention: every projection design -----------------------------------------------
+def _rotate(spec: ArchSpec, x: Tensor, positions: Tensor) -> Tensor:
+    """RoPE where the design uses it; learned or no positions leave Q and K as they are."""
+    return rope(x, positions) if spec.pos == "rope" else x
+
+
+# ---- where K and V come from: one module per source -----------------------------------
 SharedKV = tuple[Tensor, Tensor, Tensor, int]  # (K, V, key positions, first key position)
 
 
+class KV(NamedTuple):
+    """What a K/V source gives the attention for one forward step."""
+    k: Tensor  # (B, g, S, hd) every visible key, RoPE applied
+    v: Tensor  # (B, g, S, hd)
+    k_pos: Tensor  # (S,) absolute key positions
+    k_first: int  # absolute position of the first key
+    k_new: Tensor | None  # (B, g, T, hd) K of the new tokens (Q when Q is K); None when borrowed
+
+
+class KVSource(nn.Module):
+    """Where one attention layer's K and V come from, and what of them its cache keeps.
+
+    One signature for all, `forward(x, pos, lc, conv, shared) -> KV`: x (B, T, d) the normalised
+    inputs at positions `pos`, `lc` the layer's cache or None, `conv` its dconvs by projection
+    name, `shared` the K/V of the layer it borrows. A new design is one subclass, one entry in
+    `KV_SOURCES` and one cost function in `nas/costs.py`."""
+
+    def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
+        super().__init__()
+        assert layer.n_kv_heads is not None
+        self.spec, self.g, self.window = spec, layer.n_kv_heads, layer.window
+        self.width = self.g * spec.head_dim  # of each K or V projection
+
+    def conv_widths(self) -> dict[str, int]:
+        """Output width of each of its projections that a dconv follows (dconv layers only)."""
+        return {}
+
+
+class ProjectedKV(KVSource):
+    """K/V projected from the layer's own input. The cache rule in two steps: `new_entries` is
+    what the new tokens add to the cache (tensors along `token_dim`), `expand` rebuilds K and V
+    over all keys from the cached entries; a window then keeps only the last `window` entries."""
+
+    token_dim = 2  # the axis of the cached tensors that grows with tokens
+
+    def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict, shared: SharedKV | None) -> KV:
+        start = lc.start if lc is not None else 0  # before the window moves it below
+        entries = _append(lc, self.new_entries(x, pos, lc, conv), self.token_dim)
+        k_pos = torch.arange(start, start + entries[0].shape[self.token_dim], device=x.device)
+        k, v = self.expand(entries, k_pos)
+        if lc is not None:
+            self._trim(lc)
+        return KV(k, v, k_pos, start, k[:, :, -x.shape[1]:])
+
+    def _trim(self, lc: LayerCache) -> None:
+        total = lc.entries[0].shape[self.token_dim]
+        if self.window is None or total <= self.window:
+            return
+        drop = total - self.window
+        lc.entries = tuple(t.narrow(self.token_dim, drop, self.window) for t in lc.entries)
+        lc.start += drop
+
+
+class DenseKV(ProjectedKV):
+    """K and V each projected (low-rank where the layer says); the cache keeps K after RoPE, and V."""
+
+    def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
+        super().__init__(spec, layer)
+        self.k = projection(spec.d_model, self.width, layer.qk_rank, spec.bias)
+        self.v = projection(spec.d_model, self.width, layer.v_rank, spec.bias)
+
+    def conv_widths(self) -> dict[str, int]:
+        return {"k": self.width, "v": self.width}
+
+    def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
+        k = _rotate(self.spec, _heads(_take(conv, "k", self.k(x), lc), self.g), pos)  # (B, g, T, hd)
+        v = _heads(_take(conv, "v", self.v(x), lc), self.g)
+        return k, v
+
+    def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        return entries[0], entries[1]
+
+
+class TiedKV(ProjectedKV):
+    """V is K: one projection. The cache holds K before RoPE and rotates it for the scores each
+    step: V must be the projection itself, not a position-rotated copy of it."""
+
+    def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
+        super().__init__(spec, layer)
+        self.k = projection(spec.d_model, self.width, layer.qk_rank, spec.bias)
+
+    def conv_widths(self) -> dict[str, int]:
+        return {"k": self.width}
+
+    def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
+        return (_heads(_take(conv, "k", self.k(x), lc), self.g),)  # (B, g, T, hd)
+
+    def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        (k_raw,) = entries
+        return _rotate(self.spec, k_raw, k_pos), k_raw
+
+
+class LatentKV(ProjectedKV):
+    """MLA-like latent KV: cache one latent (B, S, r) per token, expand K (and V, unless V is K)
+    from it every step."""
+
+    token_dim = 1
+
+    def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
+        super().__init__(spec, layer)
+        r = layer.kv_latent
+        assert r is not None
+        self.kv_down = nn.Linear(spec.d_model, r, bias=spec.bias)
+        self.k_up = nn.Linear(r, self.width, bias=spec.bias)
+        self.v_up = None if layer.v_is_k else nn.Linear(r, self.width, bias=spec.bias)
+
+    def conv_widths(self) -> dict[str, int]:
+        return {"latent": self.kv_down.out_features}
+
+    def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
+        return (_take(conv, "latent", self.kv_down(x), lc),)  # (B, T, r)
+
+    def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        (latent,) = entries
+        k_raw = _heads(self.k_up(latent), self.g)  # (B, g, S, hd)
+        v = k_raw if self.v_up is None else _heads(self.v_up(latent), self.g)
+        return _rotate(self.spec, k_raw, k_pos), v
+
+
+class BorrowedKV(KVSource):
+    """Cross-layer sharing (`kv_from`): the K and V of an earlier layer, as they are; caches nothing."""
+
+    def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict, shared: SharedKV | None) -> KV:
+        assert shared is not None, "a borrowing layer needs the K/V of its source layer"
+        k, v, k_pos, k_first = shared
+        return KV(k, v, k_pos, k_first, None)
+
+
+# Picked by `kv_source_name(layer)`; `nas/costs.py` holds one cost function per entry.
+KV_SOURCES: dict[KVSourceName, type[KVSource]] = {"dense": DenseKV, "tied": TiedKV, "latent": LatentKV, "borrowed": BorrowedKV}
+
+
+# ---- attention: every projection design -----------------------------------------------
 class Attention(nn.Module):
+    asym_freqs: Tensor  # (m,) buffer of the asym_pos term
+
     def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
         super().__init__()
         d, h, hd = spec.d_model, spec.n_heads, spec.head_dim
@@ -141,24 +300,14 @@ class Attention(nn.Module):
         self.spec, self.layer, self.h, self.g, self.hd = spec, layer, h, g, hd
         bias = spec.bias
         # Which projections exist: the tying is structural, not a copy of weights.
-        self.q = None if layer.q_is_k and layer.kv_from is None else projection(d, h * hd, layer.qk_rank, bias)
-        self.k = self.v = self.kv_down = self.k_up = self.v_up = None
-        if layer.kv_from is None and layer.kv_latent is not None:
-            r = layer.kv_latent
-            self.kv_down = nn.Linear(d, r, bias=bias)
-            self.k_up = nn.Linear(r, g * hd, bias=bias)
-            self.v_up = None if layer.v_is_k else nn.Linear(r, g * hd, bias=bias)
-        elif layer.kv_from is None:
-            self.k = projection(d, g * hd, layer.qk_rank, bias)
-            self.v = None if layer.v_is_k else projection(d, g * hd, layer.v_rank, bias)
+        self.q = projection(d, h * hd, layer.qk_rank, bias) if has_q_projection(layer) else None
+        self.kv = KV_SOURCES[kv_source_name(layer)](spec, layer)
         self.o = nn.Linear(h * hd, d, bias=bias)
         self.conv = nn.ModuleDict()
         if layer.dconv:
-            widths = {"q": None if self.q is None else h * hd, "k": None if self.k is None else g * hd,
-                      "v": None if self.v is None else g * hd, "latent": layer.kv_latent}
-            for name, width in widths.items():
-                if width is not None:
-                    self.conv[name] = CausalDepthwiseConv(width, bias)
+            widths = {"q": h * hd} if self.q is not None else {}
+            for name, width in {**widths, **self.kv.conv_widths()}.items():
+                self.conv[name] = CausalDepthwiseConv(width, bias)
         if layer.asym_pos:
             # S'_ij = S_ij·Σw + Σ_c w_c P_ijc + b, with P_ijc = sin(ω_c (i - j)) so P_ij ≠ P_ji.
             self.asym_w = nn.Parameter(torch.full((h, ASYM_CHANNELS), 1.0 / ASYM_CHANNELS))
@@ -166,69 +315,21 @@ class Attention(nn.Module):
             freqs = ROPE_BASE ** (-torch.arange(ASYM_CHANNELS, dtype=torch.float32) / ASYM_CHANNELS)
             self.register_buffer("asym_freqs", freqs, persistent=False)
 
-    def _heads(self, x: Tensor, n: int) -> Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
-        return x.view(x.shape[0], x.shape[1], n, self.hd).transpose(1, 2)
+    # The K and V projections where the source has them (None for a latent or a borrowed K/V,
+    # and V where V is K), so that a reference can redo a layer's maths from its weights.
+    @property
+    def k(self) -> nn.Module | None:
+        return self.kv.k if isinstance(self.kv, (DenseKV, TiedKV)) else None
 
-    def _new_kv(self, x: Tensor, pos: Tensor, lc: LayerCache | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """K (RoPE applied) and V over all visible keys, their positions, and K of the new tokens.
-
-        When V is K the cache holds K before RoPE and rotates it for the scores each step: V must
-        be the projection itself, not a position-rotated copy of it.
-        """
-        start = lc.start if lc else 0
-        if self.kv_down is not None:  # latent KV: cache the latent, expand it every step
-            latent = _take(self.conv, "latent", self.kv_down(x), lc)  # (B, T, r)
-            latent = _keep(lc.latent if lc else None, latent, dim=1)  # (B, S, r)
-            if lc is not None:
-                lc.latent = latent
-            k_pos = torch.arange(start, start + latent.shape[1], device=x.device)
-            k_raw = self._heads(self.k_up(latent), self.g)  # (B, g, S, hd)
-            v = k_raw if self.v_up is None else self._heads(self.v_up(latent), self.g)
-            k = self._rope(k_raw, k_pos)
-            return k, v, k_pos, k[:, :, -x.shape[1]:]
-        assert self.k is not None
-        k_new = self._heads(_take(self.conv, "k", self.k(x), lc), self.g)  # (B, g, T, hd)
-        if self.v is None:  # V is K: keep K unrotated
-            k_raw = _keep(lc.k if lc else None, k_new, dim=2)  # (B, g, S, hd)
-            if lc is not None:
-                lc.k = k_raw
-            k_pos = torch.arange(start, start + k_raw.shape[2], device=x.device)
-            k = self._rope(k_raw, k_pos)
-            return k, k_raw, k_pos, k[:, :, -x.shape[1]:]
-        k_new = self._rope(k_new, pos)
-        v_new = self._heads(_take(self.conv, "v", self.v(x), lc), self.g)
-        k = _keep(lc.k if lc else None, k_new, dim=2)
-        v = _keep(lc.v if lc else None, v_new, dim=2)
-        if lc is not None:
-            lc.k, lc.v = k, v
-        k_pos = torch.arange(start, start + k.shape[2], device=x.device)
-        return k, v, k_pos, k_new
-
-    def _rope(self, x: Tensor, positions: Tensor) -> Tensor:
-        return rope(x, positions) if self.spec.pos == "rope" else x
-
-    def _trim(self, lc: LayerCache | None, total: int) -> None:
-        """Keep only the last `window` entries: the window bounds the cache."""
-        w = self.layer.window
-        if lc is None or w is None or self.layer.kv_from is not None or total <= w:
-            return
-        drop = total - w
-        for name in ("k", "v", "latent"):
-            t = getattr(lc, name)
-            if t is not None:
-                setattr(lc, name, t[:, :, drop:] if t.dim() == 4 else t[:, drop:])
-        lc.start += drop
+    @property
+    def v(self) -> nn.Module | None:
+        return self.kv.v if isinstance(self.kv, DenseKV) else None
 
     def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, shared: SharedKV | None) -> tuple[Tensor, SharedKV]:
         B, T, _ = x.shape
-        if shared is not None:  # cross-layer sharing: K/V come from an earlier layer
-            k, v, k_pos, k_first = shared
-            k_new = None
-        else:
-            k_first = lc.start if lc else 0  # before _new_kv: _trim moves it after attention
-            k, v, k_pos, k_new = self._new_kv(x, pos, lc)
+        k, v, k_pos, k_first, k_new = self.kv(x, pos, lc, self.conv, shared)
         if self.q is not None:
-            q = self._rope(self._heads(_take(self.conv, "q", self.q(x), lc), self.h), pos)  # (B, h, T, hd)
+            q = _rotate(self.spec, _heads(_take(self.conv, "q", self.q(x), lc), self.h), pos)  # (B, h, T, hd)
         else:  # Q is K: the same tensor, repeated over the heads of each K/V group
             assert k_new is not None
             q = k_new.repeat_interleave(self.h // self.g, dim=1)
@@ -244,7 +345,6 @@ class Attention(nn.Module):
         elif mask is not None and k.shape[2] == T and self.layer.window is None and self.spec.causal:
             mask, is_causal = None, True  # all keys are new (no cache yet): SDPA's fused causal kernel
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.g != self.h)
-        self._trim(lc, k.shape[2])
         y = y.transpose(1, 2).reshape(B, T, self.h * self.hd)
         return self.o(y), (k, v, k_pos, k_first)
 
@@ -252,6 +352,8 @@ class Attention(nn.Module):
 class Mixer(nn.Module):
     """MLP-Mixer-style token mixing: a learned (context x context) routing per head, no content-
     dependent attention; causal through a lower-triangular mask. Valid for fixed-length inputs."""
+
+    tril: Tensor  # (L, L) buffer, causal mixers only
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
@@ -268,9 +370,7 @@ class Mixer(nn.Module):
             raise ValueError(f"a bidirectional mixer layer needs inputs of exactly context={self.spec.context} tokens, got {T}")
         if torch.is_autocast_enabled(x.device.type):  # cache in the compute dtype, as K/V are
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        xs = _keep(lc.x if lc else None, x, dim=1)  # (B, S, d): every earlier input is needed
-        if lc is not None:
-            lc.x = xs
+        (xs,) = _append(lc, (x,), dim=1)  # (B, S, d): every earlier input is needed
         S = xs.shape[1]
         start = S - T
         route = self.route[:, start:S, :S]  # (h, T, S)
@@ -316,10 +416,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, shared: SharedKV | None) -> tuple[Tensor, SharedKV | None]:
         out: SharedKV | None = None
-        if isinstance(self.mix, Attention):
+        if isinstance(self.mix, Attention) and self.norm1 is not None:
             a, out = self.mix(self.norm1(x), pos, lc, shared)
             x = x + a
-        elif isinstance(self.mix, Mixer):
+        elif isinstance(self.mix, Mixer) and self.norm1 is not None:
             x = x + self.mix(self.norm1(x), pos, lc)
         return x + self.mlp(self.norm2(x)), out
 
@@ -354,7 +454,7 @@ class Transformer(nn.Module):
         return KVCache(layers=[LayerCache() for _ in self.spec.layers])
 
     def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
-        B, T = idx.shape  # idx: (B, T) token ids -> logits (B, T, vocab)
+        T = idx.shape[1]  # idx: (B, T) token ids -> logits (B, T, vocab)
         start = cache.seen if cache is not None else 0
         if cache is not None and not self.spec.causal:
             raise ValueError("a bidirectional encoder (causal=false) cannot decode with a cache")
@@ -368,9 +468,9 @@ class Transformer(nn.Module):
         if self.pos is not None:
             x = x + self.pos(pos)
         shared: dict[int, SharedKV] = {}
-        for i, block in enumerate(self.blocks):
+        for i, (block, layer) in enumerate(zip(self.blocks, self.spec.layers, strict=True)):
             lc = cache.layers[i] if cache is not None else None
-            kv_from = block.layer.kv_from
+            kv_from = layer.kv_from
             x, out = block(x, pos, lc, shared[kv_from] if kv_from is not None else None)
             if i in self._sources and out is not None:
                 shared[i] = out

@@ -15,8 +15,9 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,29 +39,19 @@ BETAS = (0.9, 0.95)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainBudget:
-    """How much and how to train. ``seq_len=None`` trains on windows of ``spec.context``."""
+class Optimizer:
+    """The optimiser and its schedule, shared by every budget (``TrainBudget``, the ladder's,
+    ``ProbeBudget``): peak ``lr``, linear warm-up over ``warmup_frac`` of the steps, cosine
+    decay to ``min_lr_frac · lr``, AdamW ``weight_decay`` and gradient-norm clipping. A budget
+    inherits these fields, so its stored form stays flat (``[budget] lr = 3e-3``)."""
 
-    tokens: int
-    batch_size: int = 16
-    seq_len: int | None = None
     lr: float = 3e-3
     min_lr_frac: float = 0.1
     warmup_frac: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 0  # steps; 0 → about EVALS_PER_RUN evaluations
-    eval_batches: int = 8
-    seed: int = 0
-    device: str = "auto"  # "auto" → cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        for name, low in (("tokens", 1), ("batch_size", 1), ("eval_every", 0), ("eval_batches", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
-            raise ValueError(f"seq_len={self.seq_len!r} must be a positive integer, or None for the spec's context")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r} must be a positive number")
         if not 0 <= self.min_lr_frac <= 1:
@@ -71,6 +62,46 @@ class TrainBudget:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r} must be > 0 (use float('inf') for no clipping)")
+
+
+def check_int(owner: object, name: str, low: int) -> None:
+    """``owner.name`` must be an integer (not a bool) of at least ``low``."""
+    value = getattr(owner, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(Optimizer):
+    """How to train, whatever the length: a ``TrainBudget`` without its ``tokens`` and ``seed``
+    (a ladder gives those per grid point). ``seq_len=None`` trains on windows of ``spec.context``."""
+
+    batch_size: int = 16
+    seq_len: int | None = None
+    eval_every: int = 0  # steps; 0 → about EVALS_PER_RUN evaluations
+    eval_batches: int = 8
+    device: str = "auto"  # "auto" → cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        for name, low in (("batch_size", 1), ("eval_every", 0), ("eval_batches", 1)):
+            check_int(self, name, low)
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
+            raise ValueError(f"seq_len={self.seq_len!r} must be a positive integer, or None for the spec's context")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainBudget(TrainSettings):
+    """How much and how to train: ``tokens`` (whole steps) from ``seed``, with the settings and
+    the optimiser of the classes above."""
+
+    tokens: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self, "tokens", 1)
+        check_int(self, "seed", 0)
+        super().__post_init__()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +127,7 @@ class TrainResult:
 
 
 # ---- pieces -----------------------------------------------------------------------------
-def lr_at(step: int, steps: int, budget: TrainBudget) -> float:
+def lr_at(step: int, steps: int, budget: Optimizer) -> float:
     """Linear warm-up over ``warmup_frac`` of the steps, then cosine down to ``min_lr_frac · lr``."""
     warmup = round(budget.warmup_frac * steps)
     if step < warmup:
@@ -106,7 +137,7 @@ def lr_at(step: int, steps: int, budget: TrainBudget) -> float:
     return floor + 0.5 * (budget.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, budget: TrainBudget, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, budget: Optimizer, device: torch.device) -> torch.optim.AdamW:
     """AdamW with decay on matrices (and embeddings) only: norms' gains and biases are not shrunk."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -19,28 +19,24 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 
 import nas.measure
-import nas.probe
+import nas.probing
 import nas.train
 from nas.config import StudyConfig, constraint_objective
 from nas.costs import costs
 from nas.data import Corpus, load_corpus
-from nas.fingerprint import fingerprint
+from nas.engine.job import Report, no_report
+from nas.measure.fingerprint import fingerprint
 from objectives import get_objective, probe_task, stability_report
 from search_spaces.spec import ArchSpec
-
-try:  # POSIX; elsewhere measurements are serialised among themselves only
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 Status = Literal["complete", "infeasible", "failed"]
 PER_STEP_DIGITS = 5  # significant digits kept of per-step losses and gradient norms
@@ -70,7 +66,7 @@ class TrialRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
         return cls(**data)
 
     @property
@@ -79,9 +75,10 @@ class TrialRecord:
 
 
 # ---- the trial --------------------------------------------------------------------------
-def run_trial(spec: ArchSpec, config: StudyConfig, *, seed: int) -> TrialRecord:
-    """Run one design through the study's pipeline; failures come back as a failed record."""
-    trial = _Trial(spec, config, seed)
+def run_trial(spec: ArchSpec, config: StudyConfig, *, seed: int, report: Report = no_report) -> TrialRecord:
+    """Run one design through the study's pipeline; failures come back as a failed record.
+    ``report(step, metrics)`` receives each validation point of the learning curve."""
+    trial = _Trial(spec, config, seed, report)
     try:
         return trial.run()
     except Exception as err:  # a trial's own failure must not stop the study
@@ -91,8 +88,8 @@ def run_trial(spec: ArchSpec, config: StudyConfig, *, seed: int) -> TrialRecord:
 class _Trial:
     """The state of one trial while it runs: the record so far and the clock."""
 
-    def __init__(self, spec: ArchSpec, config: StudyConfig, seed: int) -> None:
-        self.spec, self.config, self.seed = spec, config, seed
+    def __init__(self, spec: ArchSpec, config: StudyConfig, seed: int, report: Report) -> None:
+        self.spec, self.config, self.seed, self.report = spec, config, seed, report
         self.needs = config.needs
         self.parts: dict[str, Any] = {"spec": spec.to_dict(), "costs": {}, "probes": {}}
         self.fields: dict[str, Any] = {}
@@ -125,17 +122,11 @@ class _Trial:
         """While this trial trains, no trial on this node measures: a shared flock on the file
         that ``measure()`` locks exclusively (concurrent trials on one node would otherwise
         slow each other's timed steps). Only studies that measure pay for it."""
-        if "measure" not in self.needs or fcntl is None:
+        if "measure" not in self.needs:
             yield
             return
-        path = nas.measure.lock_path()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        with nas.measure.node_lock(exclusive=False):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     # ---- steps ----------------------------------------------------------------------
     def _costs(self) -> None:
@@ -150,7 +141,7 @@ class _Trial:
 
     def _train(self) -> None:
         budget = dataclasses.replace(self.config.budget, seed=self.seed)
-        result = nas.train.train(self.spec, corpus_for(self.config.data), budget).to_dict()
+        result = nas.train.train(self.spec, corpus_for(self.config.data), budget, on_eval=self._report).to_dict()
         self.parts["train"] = result
         self.fields["train"] = {k: v for k, v in result.items() if k not in ("curve", "train_losses", "grad_norms")}
         self.fields["curve"] = {
@@ -166,11 +157,15 @@ class _Trial:
             task = probe_task(name)
             if task is None or task in self.parts["probes"]:
                 continue
-            self.parts["probes"][task] = nas.probe.run_probe(
+            self.parts["probes"][task] = nas.probing.run_probe(
                 self.spec, task, seed=self.seed, budget=self.config.probe.budget,
                 device=self.config.budget.device, params=self.config.probe.params.get(task),
             )
         self.fields["probes"] = self.parts["probes"]
+
+    def _report(self, point: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in point.items() if k != "step" and isinstance(v, (int, float))}
+        self.report(int(point["step"]), metrics)
 
     # ---- constraints ----------------------------------------------------------------
     def _constraint_names(self) -> list[str]:

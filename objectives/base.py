@@ -3,8 +3,9 @@ read its value from the trial's record (plain data, see ``nas.trial``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Direction = Literal["minimize", "maximize"]
 NEEDS = frozenset({"costs", "measure", "train", "probe"})

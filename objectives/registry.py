@@ -39,7 +39,7 @@ _ALL = [
     _measured("train_tokens_per_s", "maximize", "tokens/s", "measured training throughput (median of repeats)"),
     _measured("prefill_tokens_per_s", "maximize", "tokens/s", "measured prefill throughput"),
     _measured("decode_tokens_per_s", "maximize", "tokens/s", "measured decoding throughput with the KV cache"),
-    # The same repeats corrected for the machine's drift (nas/reference.py): on a shared or
+    # The same repeats corrected for the machine's drift (nas/measure/reference.py): on a shared or
     # virtual machine these rank designs measured minutes apart fairly.
     _measured("train_tokens_per_s_corrected", "maximize", "tokens/s",
               "training throughput at the node's calibrated speed (drift-corrected)"),

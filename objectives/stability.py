@@ -20,7 +20,8 @@ the relative floor ignores "spikes" in a run so smooth that its MAD is tiny.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

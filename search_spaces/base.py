@@ -8,10 +8,10 @@ as Optuna's samplers require.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from search_spaces.spec import ArchSpec
+from search_spaces.spec import PROJ_MODES, ArchSpec, LayerSpec, ModelDims
 
 
 class Trial(Protocol):
@@ -20,21 +20,14 @@ class Trial(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class BaseDims:
-    """The model the designs are placed in; a space varies the attention, not these (except `full`)."""
+class BaseDims(ModelDims):
+    """The model the designs are placed in; a space varies the attention, not these (except
+    `full`). Smaller than ``ArchSpec``'s defaults: a search trains many of them."""
 
-    vocab_size: int = 256
     context: int = 128
     d_model: int = 64
-    n_heads: int = 4
     ffn_dim: int = 256
     n_layers: int = 2
-    pos: str = "rope"
-    norm: str = "layernorm"
-    activation: str = "gelu"
-    bias: bool = False
-    tie_embeddings: bool = True
-    causal: bool = True
 
     def spec(self, layers: list[Any], **changes: Any) -> ArchSpec:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "n_layers"}
@@ -61,3 +54,22 @@ def kv_heads_for(n_heads: int, choice: str) -> int:
         groups = int(choice[3:])
         return groups if n_heads % groups == 0 and groups < n_heads else max(1, n_heads // 2)
     raise ValueError(f"kv sharing {choice!r} is not known; use 'mha', 'gqa<G>' or 'mqa'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjKVSpace:
+    """The paper's two choices, a projection mode and a K/V sharing, over a base model; spaces
+    differ in how many times they make them (once for all layers, or per layer)."""
+
+    base: BaseDims = field(default_factory=BaseDims)
+    projs: tuple[str, ...] = PROJ_MODES
+    kv_sharing: tuple[str, ...] = ("mha", "gqa2", "mqa")
+
+    def sample_layer(self, trial: Trial, suffix: str = "") -> LayerSpec:
+        proj = trial.suggest_categorical(f"proj{suffix}", list(self.projs))
+        kv = trial.suggest_categorical(f"kv_sharing{suffix}", list(self.kv_sharing))
+        return LayerSpec(proj=proj, n_kv_heads=kv_heads_for(self.base.n_heads, kv))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"base": dataclasses.asdict(self.base), "projs": list(self.projs), "kv_sharing": list(self.kv_sharing)}

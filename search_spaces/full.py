@@ -46,21 +46,24 @@ class FullSpace:
                 return LayerSpec(kv_from=i - 1, n_kv_heads=prev.n_kv_heads, window=prev.window)
         proj = trial.suggest_categorical(f"l{i}_proj", list(self.projs))
         kv = kv_heads_for(n_heads, trial.suggest_categorical(f"l{i}_kv_sharing", list(self.kv_sharing)))
-        rank = lambda name: max(1, int(d_model * trial.suggest_categorical(name, list(self.rank_fractions))))
         fields: dict[str, Any] = {"proj": proj, "n_kv_heads": kv}
         factor = trial.suggest_categorical(f"l{i}_factor", ["full", "low_rank", "latent_kv"])
         if factor == "low_rank":
-            fields["qk_rank"] = rank(f"l{i}_rank_frac")
+            fields["qk_rank"] = self._rank(trial, f"l{i}_rank_frac", d_model)
             if proj in ("qkv", "qk_v"):
                 fields["v_rank"] = fields["qk_rank"]
         elif factor == "latent_kv" and proj in ("qkv", "q_kv"):
-            fields["kv_latent"] = rank(f"l{i}_latent_frac")
+            fields["kv_latent"] = self._rank(trial, f"l{i}_latent_frac", d_model)
         if proj in ("qk_v", "qkv_single"):
             fields["asym_pos"] = trial.suggest_categorical(f"l{i}_asym_pos", [False, True])
         fields["dconv"] = trial.suggest_categorical(f"l{i}_dconv", [False, True])
         if self.base.causal and trial.suggest_categorical(f"l{i}_windowed", [False, True]):
             fields["window"] = trial.suggest_categorical(f"l{i}_window", list(self.windows))
         return LayerSpec(**fields)
+
+    def _rank(self, trial: Trial, name: str, d_model: int) -> int:
+        """A rank or latent width: a sampled fraction of d_model, at least 1."""
+        return max(1, int(d_model * trial.suggest_categorical(name, list(self.rank_fractions))))
 
     @property
     def options(self) -> dict[str, Any]:

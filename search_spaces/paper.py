@@ -1,27 +1,15 @@
 """The paper's space: one projection mode and one K/V sharing for every layer."""
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from search_spaces.base import BaseDims, Trial, kv_heads_for
-from search_spaces.spec import PROJ_MODES, ArchSpec, LayerSpec
+from search_spaces.base import ProjKVSpace, Trial
+from search_spaces.spec import ArchSpec
 
 
 @dataclass(frozen=True, kw_only=True)
-class PaperSpace:
+class PaperSpace(ProjKVSpace):
     name = "paper"
-    base: BaseDims = field(default_factory=BaseDims)
-    projs: tuple[str, ...] = PROJ_MODES
-    kv_sharing: tuple[str, ...] = ("mha", "gqa2", "mqa")
 
     def sample(self, trial: Trial) -> ArchSpec:
-        proj = trial.suggest_categorical("proj", list(self.projs))
-        kv = trial.suggest_categorical("kv_sharing", list(self.kv_sharing))
-        layer = LayerSpec(proj=proj, n_kv_heads=kv_heads_for(self.base.n_heads, kv))
-        return self.base.spec([layer] * self.base.n_layers)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {"base": dataclasses.asdict(self.base), "projs": list(self.projs), "kv_sharing": list(self.kv_sharing)}
+        return self.base.spec([self.sample_layer(trial)] * self.base.n_layers)

@@ -73,8 +73,8 @@ class LayerSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ArchSpec:
-    """A whole model: global settings plus one ``LayerSpec`` per layer."""
+class ModelDims:
+    """The global settings of a model: everything but its layers."""
 
     vocab_size: int = 256
     context: int = 256
@@ -87,6 +87,12 @@ class ArchSpec:
     bias: bool = False
     tie_embeddings: bool = True
     causal: bool = True  # False: bidirectional encoder (probe tasks), no decoding
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchSpec(ModelDims):
+    """A whole model: global settings plus one ``LayerSpec`` per layer."""
+
     layers: tuple[LayerSpec, ...] = field(default_factory=lambda: (LayerSpec(), LayerSpec()))
 
     def __post_init__(self) -> None:
@@ -119,14 +125,14 @@ class ArchSpec:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         if not isinstance(data, dict):
             raise ValueError(f"a spec must be a JSON object, got {type(data).__name__}")
         _reject_unknown("spec", data, {f.name for f in dataclasses.fields(cls)})
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -134,7 +140,7 @@ class ArchSpec:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str) -> "ArchSpec":
+    def load(cls, path: str) -> ArchSpec:
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
@@ -150,7 +156,7 @@ class ArchSpec:
         """Stable 12-hex-digit id of the design (canonical JSON, sorted keys)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
-    def with_layers(self, layers: list[LayerSpec] | tuple[LayerSpec, ...]) -> "ArchSpec":
+    def with_layers(self, layers: list[LayerSpec] | tuple[LayerSpec, ...]) -> ArchSpec:
         return dataclasses.replace(self, layers=tuple(layers))
 
     # ---- validation --------------------------------------------------------------

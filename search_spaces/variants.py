@@ -60,7 +60,7 @@ def variant(name: str, *, base: ArchSpec | None = None) -> ArchSpec:
         raise ValueError(f"variant {name!r}: a mixer layer takes no attention modifiers")
     try:
         one = dataclasses.replace(layer, **changes)  # type: ignore[arg-type]
-        layers = []
+        layers: list[LayerSpec] = []
         for i in range(base.n_layers):
             this = one
             if noattn_every and i % noattn_every == noattn_every - 1:

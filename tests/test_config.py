@@ -1,5 +1,6 @@
 """Study files: presets load, overrides apply, and every mistake is one line naming key and fix."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,12 @@ def test_constraint_names():
 def test_stored_config_is_plain_json(study_file):
     data = json.loads(load_config(study_file).to_json())
     assert data["budget"]["tokens"] == 2048 and data["storage"] is None
+
+
+def test_a_config_stored_by_the_old_code_reads_back_the_same():
+    """Resuming compares the stored config key by key: the budgets' optimiser fields, now
+    inherited from one Optimizer, must serialise to the same flat keys and values."""
+    text = (Path(__file__).parent / "fixtures" / "legacy_study" / "config.json").read_text()
+    stored, again = json.loads(text), StudyConfig.from_json(text).to_dict()
+    for key in ("objectives", "space", "data", "budget", "constraints", "measure", "probe"):
+        assert again[key] == stored[key], key

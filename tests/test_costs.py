@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from nas.costs import costs, forward_flops_per_token, kv_cache_bytes
-from nas.model import build_model
+from nas.costs import (
+    KV_SOURCE_COSTS,
+    costs,
+    forward_flops_per_token,
+    kv_cache_bytes,
+    kv_elements_per_token,
+)
+from nas.kv_source import KV_SOURCE_NAMES, kv_source_name
+from nas.model import KV_SOURCES, build_model
 from search_spaces.spec import ArchSpec, uniform
 from search_spaces.variants import variant
 from tests.conftest import TINY, ZOO, zoo_spec
@@ -83,3 +90,32 @@ def test_causal_discount_and_training_flops():
 def test_bad_dtype_is_an_error():
     with pytest.raises(ValueError, match="use one of"):
         costs(TINY, dtype="int3")
+
+
+def test_every_kv_source_has_one_module_and_one_cost_function():
+    assert set(KV_SOURCES) == set(KV_SOURCE_COSTS) == set(KV_SOURCE_NAMES)
+    zoo_sources = {kv_source_name(layer) for name in ZOO for layer in zoo_spec(name).layers if layer.has_attention}
+    assert zoo_sources == set(KV_SOURCE_NAMES)  # the zoo exercises every source
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("name", ZOO)
+def test_each_kv_source_cost_matches_its_module(name, bias):
+    spec = zoo_spec(name, bias=bias)
+    for layer in spec.layers:
+        if layer.has_attention:
+            kind = kv_source_name(layer)
+            source, cost = KV_SOURCES[kind](spec, layer), KV_SOURCE_COSTS[kind](spec, layer)
+            assert cost.params == sum(p.numel() for p in source.parameters())
+            assert cost.conv_widths == tuple(source.conv_widths().values())
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_kv_elements_per_token_equal_each_layers_cache(name):
+    spec = zoo_spec(name)
+    model = build_model(spec).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, 64, (2, 3)), cache)  # 3 tokens: within every zoo window
+    for layer, lc in zip(spec.layers, cache.layers):
+        assert sum(t.numel() for t in lc.per_token_tensors()) == 2 * 3 * kv_elements_per_token(spec, layer)

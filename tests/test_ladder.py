@@ -17,10 +17,11 @@ from nas import cli
 from nas.costs import costs
 from nas.ladder import (
     ATTR_POINT, LadderConfig, grid, load_ladder_config, non_embedding_params, open_ladder, queue_pending,
-    resolve_designs, result_rows, run_ladder, scale_spec, suggest_point, trial_key,
+    resolve_designs, result_rows, run_ladder, suggest_point, trial_key,
 )
 from nas.model import build_model
 from nas.study import recover_stale_trials, tell_record
+from search_spaces.scaling import scale_spec
 from search_spaces.spec import ArchSpec, uniform
 from search_spaces.variants import variant
 
@@ -226,7 +227,7 @@ def test_results_keep_one_row_per_point_preferring_the_completed_retry(tmp_path:
 # ---- a real tiny ladder, end to end -------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_ladder_runs_through_the_engine_and_reports(tmp_path: Path) -> None:
-    from nas.report import write_report
+    from nas.ladder.report import write_report
 
     config = tiny_config(tmp_path)
     run = run_ladder(config, progress=False)
@@ -256,7 +257,7 @@ def synthetic_rows(config: LadderConfig, gap: float, noise: float = 0.002) -> li
     designs other than the baseline are worse by ``gap`` nats at every point."""
     import numpy as np
 
-    from nas.scaling import Law
+    from nas.ladder.scaling import Law
 
     law = Law(E=1.5, A=40.0, alpha=0.3, B=60.0, beta=0.3)
     rng = np.random.default_rng(0)
@@ -278,7 +279,7 @@ def synthetic_rows(config: LadderConfig, gap: float, noise: float = 0.002) -> li
 
 
 def test_analysis_finds_a_constant_gap_and_no_trend(tmp_path: Path) -> None:
-    from nas.report import analyse, markdown, plot_gaps, plot_kv_front, plot_loss_vs_compute
+    from nas.ladder.report import analyse, markdown, plot_gaps, plot_kv_front, plot_loss_vs_compute
 
     config = load_ladder_config("ladder_small", [f"directory='{tmp_path}'"])
     a = analyse(config, synthetic_rows(config, gap=0.05), n_boot=10)

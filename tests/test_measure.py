@@ -18,9 +18,11 @@ import types
 import pytest
 import torch
 
-import nas.fingerprint as fingerprint_mod
 import nas.measure as M
+import nas.measure.fingerprint as fingerprint_mod
 from nas.costs import kv_cache_bytes
+from nas.device import resolve_device
+from nas.measure.memory import _CpuMemory
 from nas.model import build_model
 from search_spaces.spec import ArchSpec, LayerSpec, uniform
 from tests.conftest import ZOO, zoo_spec
@@ -119,7 +121,7 @@ def test_settings_errors_name_the_field():
 
 # ---- memory -----------------------------------------------------------------------------
 def test_cpu_peak_resets_between_phases():
-    tracker = M._CpuMemory()
+    tracker = _CpuMemory()
     assert tracker.reason is None, tracker.reason
     tracker.start()
     big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MB, touched
@@ -281,8 +283,8 @@ def test_explicit_cuda_without_cuda_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="no CUDA device"):
         M.measure(tiny(), M.MeasureSettings(device="cuda", **FAST))
     with pytest.raises(ValueError, match="device='tpu'"):
-        M.resolve_device("tpu")
-    assert M.resolve_device("auto") == torch.device("cpu")
+        resolve_device("tpu")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_nvml_missing_module(monkeypatch):

@@ -29,6 +29,19 @@ def test_cache_gives_the_same_logits_as_recomputation(name, pos):
     assert cache.seen == 24
 
 
+@pytest.mark.parametrize("name", ZOO)
+def test_cache_in_chunks_longer_than_the_window_gives_the_same_logits(name):
+    model = build_model(zoo_spec(name)).eval()
+    idx = torch.randint(0, TINY.vocab_size, (2, 24))
+    chunks = [5, 1, 7, 3, 8]  # steps of several tokens, some longer than any zoo window
+    with torch.no_grad():
+        full, cache = model(idx), model.new_cache()
+        starts = [sum(chunks[:i]) for i in range(len(chunks))]
+        inc = torch.cat([model(idx[:, s:s + c], cache) for s, c in zip(starts, chunks)], dim=1)
+    err = (full - inc).abs().max().item()
+    assert err < ATOL, f"{name}: max |cached - recomputed| = {err:.3e}"
+
+
 @pytest.mark.parametrize("name", ["qkv", "q_kv+mqa", "qkv+latent16", "qkv+window5", "qkv+cla2", "mixer", "qkv+dconv"])
 def test_greedy_decoding_with_and_without_cache_agree(name):
     model = build_model(zoo_spec(name)).eval()

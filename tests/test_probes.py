@@ -8,7 +8,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from nas.probe import ProbeBudget, adapt_spec, run_probe, torch_threads
+from nas.common import torch_threads
+from nas.probing import ProbeBudget, adapt_spec, run_probe
 from objectives.probes import CAUSAL_TASKS, PROBE_TASKS, SYNTHETIC_TASK_NAMES, ProbeSplit, get_probe
 from objectives.probes.reachability import PROMPT, PathSplit
 from search_spaces.spec import ArchSpec, uniform
@@ -335,7 +336,7 @@ budget = { steps = 3 }
 
 @pytest.mark.parametrize("preset", ["paper_synthetic", "causal_probes"])
 def test_shipped_presets_parse(preset: str) -> None:
-    from nas.probe_suite import load_suite, preset_names
+    from nas.probing import load_suite, preset_names
 
     assert preset in preset_names()
     config = load_suite(preset)
@@ -348,7 +349,7 @@ def test_suite_runs_and_writes_the_table(tmp_path) -> None:
 
     import tomllib
 
-    from nas.probe_suite import parse_suite, run_suite
+    from nas.probing import parse_suite, run_suite
 
     config = parse_suite(tomllib.loads(MINI_SUITE))
     points = config.grid_points()
@@ -385,7 +386,7 @@ def test_suite_runs_and_writes_the_table(tmp_path) -> None:
 def test_bad_suite_files_name_the_key(where: str | None, key: str, value: object, message: str) -> None:
     import tomllib
 
-    from nas.probe_suite import parse_suite
+    from nas.probing import parse_suite
 
     data = tomllib.loads(MINI_SUITE)
     (data if where is None else data[where])[key] = value

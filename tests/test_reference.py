@@ -1,5 +1,5 @@
 """The machine's own speed: reference kernels around every repeat, the drift correction, and
-the node's calibration file (nas/reference.py, nas/measure.time_calls)."""
+the node's calibration file (nas/measure/reference.py, nas.measure.time_calls)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nas.measure as M
-import nas.reference as R
+import nas.measure.reference as R
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nas.scaling import (
+from nas.ladder.scaling import (
     Law, bootstrap_laws, cell_gaps, extrapolated_gap, fit_law, gap_trend, interval, law_intervals, pooled_sd,
 )
 

@@ -241,7 +241,7 @@ def test_trial_record_round_trip(config_for, monkeypatch):
 
 def test_a_finished_study_is_exported_without_running_anything(config_for, monkeypatch, capsys):
     from nas.api import resume_study, run_study
-    from nas.progress import front_table
+    from nas.study.display import front_table
 
     monkeypatch.setattr(nas.train, "train", fake_train(lambda spec: 2.0 + spec.layers[0].n_kv_heads / 10))
     config = config_for("trials=3")

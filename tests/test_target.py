@@ -1,12 +1,12 @@
 """A study's target hardware: how it is written, what each trial asks Ray for, and the refusal
-of a cluster that lacks it (nas/config.py, nas/runner.py). The real-cluster path is in
+of a cluster that lacks it (nas/config/study.py, nas/engine/tune.py). The real-cluster path is in
 tests/test_study_ray.py."""
 from __future__ import annotations
 
 import pytest
 
 from nas.config import ResourcesConfig
-from nas.runner import check_target, target_resource, trial_resources
+from nas.engine.tune import check_target, target_resource, trial_resources
 
 
 @pytest.mark.parametrize("target, resource", [

@@ -3,7 +3,7 @@
 Pure numpy. ``get_probe(name, **params)`` builds one; ``probe.split(seed=, n_train=, n_test=)``
 gives disjoint train and test sets with a mask of queried positions; ``probe.score(test,
 predict)`` scores a model's predictions on the queried positions only. Training a model on a
-probe is ``nas.probe.run_probe``.
+probe is ``nas.probing.run_probe``.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from objectives.probes.reachability import PathSplit, Reachability
 from objectives.probes.recall import MQAR, Induction, KHop
 from objectives.probes.synthetic import SYNTHETIC_TASKS, DigitTask
 
-PROBES: dict[str, type[Probe]] = {
-    cls.name: cls for cls in (MQAR, Induction, KHop, Reachability, *SYNTHETIC_TASKS)
-}
+_CLASSES: tuple[type[Probe], ...] = (MQAR, Induction, KHop, Reachability, *SYNTHETIC_TASKS)
+PROBES: dict[str, type[Probe]] = {cls.name: cls for cls in _CLASSES}
 PROBE_TASKS: tuple[str, ...] = tuple(PROBES)
 CAUSAL_TASKS: tuple[str, ...] = tuple(name for name, cls in PROBES.items() if cls.causal)
 SYNTHETIC_TASK_NAMES: tuple[str, ...] = tuple(cls.name for cls in SYNTHETIC_TASKS)

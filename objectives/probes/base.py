@@ -2,7 +2,7 @@
 
 A probe is a seeded generator of fixed-length token sequences. Each example carries its
 answer at every position and a mask of the *queried* positions: the only positions a model
-is trained on and scored on. Pure numpy; the model side lives in ``nas/probe.py``.
+is trained on and scored on. Pure numpy; the model side lives in ``nas/probing/probe.py``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class ProbeSplit:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def take(self, rows: np.ndarray) -> "ProbeSplit":
+    def take(self, rows: np.ndarray) -> ProbeSplit:
         return ProbeSplit(inputs=self.inputs[rows], targets=self.targets[rows], mask=self.mask[rows])
 
 
@@ -61,16 +61,32 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
         raise ValueError(f"{name}={value!r} must be an integer {bound}")
 
 
+def check_split_sizes(n_train: Any, n_test: Any) -> None:
+    check_int("n_train", n_train, 1)
+    check_int("n_test", n_test, 1)
+
+
 class Probe(ABC):
     """A task: its size parameters are dataclass fields, validated in ``__post_init__``."""
 
     name: ClassVar[str]
-    causal: ClassVar[bool]  # False: a bidirectional encoder task
+    causal: ClassVar[bool] = True  # False: a bidirectional encoder task
     description: ClassVar[str]
-    # Every subclass provides these, as a field or a property: a model for the probe needs
-    # this vocabulary and takes sequences of exactly this length.
-    vocab_size: int
-    length: int
+    # The least value of each integer size parameter, checked when the probe is made.
+    minimum: ClassVar[dict[str, int]] = {}
+    if TYPE_CHECKING:  # declared for the type checker only: a dataclass would read a base
+        # property as its fields' default. Every subclass provides these, as a field or a
+        # property: a model for the probe needs this vocabulary and takes sequences of
+        # exactly this length.
+        @property
+        def vocab_size(self) -> int: ...
+
+        @property
+        def length(self) -> int: ...
+
+    def __post_init__(self) -> None:
+        for name, low in self.minimum.items():
+            check_int(name, getattr(self, name), low)
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -97,8 +113,7 @@ class SampledProbe(Probe):
         """n fresh examples (duplicates of another split are removed by ``split``)."""
 
     def split(self, *, seed: int, n_train: int, n_test: int) -> tuple[ProbeSplit, ProbeSplit]:
-        check_int("n_train", n_train, 1)
-        check_int("n_test", n_test, 1)
+        check_split_sizes(n_train, n_test)
         test_rng, train_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         test = self.sample(test_rng, n_test)
         held_out = set(self.example_keys(test))

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from objectives.probes.base import Predict, Probe, ProbeSplit, check_int
+from objectives.probes.base import Predict, Probe, ProbeSplit, check_split_sizes
 
 PROMPT = 3  # s t s: the path is written from position 2 on
 MAX_WALK_TRIES = 8  # random walks longer than the sequence allows before taking a shortest path
@@ -26,7 +26,7 @@ class PathSplit(ProbeSplit):
 
     adjacency: np.ndarray  # (n, n) bool, adjacency[i, j]: edge i -> j
 
-    def take(self, rows: np.ndarray) -> "PathSplit":
+    def take(self, rows: np.ndarray) -> PathSplit:
         return PathSplit(inputs=self.inputs[rows], targets=self.targets[rows], mask=self.mask[rows],
                          adjacency=self.adjacency)
 
@@ -66,12 +66,11 @@ class Reachability(Probe):
     test_frac: float = 0.2
 
     name: ClassVar[str] = "reachability"
-    causal: ClassVar[bool] = True
     description: ClassVar[str] = "write a path between two nodes of a random DAG, for source-target pairs never trained"
+    minimum: ClassVar[dict[str, int]] = {"n_nodes": 3, "length": PROMPT + 1}
 
     def __post_init__(self) -> None:
-        check_int("n_nodes", self.n_nodes, 3)
-        check_int("length", self.length, PROMPT + 1)
+        super().__post_init__()
         if not 0.0 < self.edge_prob <= 1.0:
             raise ValueError(f"edge_prob={self.edge_prob!r} must be in (0, 1]")
         if not 0.0 < self.test_frac < 1.0:
@@ -93,8 +92,7 @@ class Reachability(Probe):
         return [row[:2].tobytes() for row in split.inputs]  # the (source, target) pair: held out
 
     def split(self, *, seed: int, n_train: int, n_test: int) -> tuple[PathSplit, PathSplit]:
-        check_int("n_train", n_train, 1)
-        check_int("n_test", n_test, 1)
+        check_split_sizes(n_train, n_test)
         graph_rng, pair_rng, train_rng, test_rng = (
             np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
         )

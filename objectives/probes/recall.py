@@ -34,12 +34,12 @@ class MQAR(SampledProbe):
     n_pairs: int = 4
 
     name: ClassVar[str] = "mqar"
-    causal: ClassVar[bool] = True
     description: ClassVar[str] = "recall the value bound to each key seen earlier in the sequence"
+    minimum: ClassVar[dict[str, int]] = {"vocab_size": 4}
     PAD: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 4)
+        super().__post_init__()
         check_int("n_pairs", self.n_pairs, 1, self.vocab_size // 2 - 1)
         if self.length < 4 * self.n_pairs:
             raise ValueError(
@@ -75,12 +75,8 @@ class Induction(SampledProbe):
     length: int = 32
 
     name: ClassVar[str] = "induction"
-    causal: ClassVar[bool] = True
     description: ClassVar[str] = "at the end, predict what followed the earlier copy of the last token"
-
-    def __post_init__(self) -> None:
-        check_int("vocab_size", self.vocab_size, 3)
-        check_int("length", self.length, 3)
+    minimum: ClassVar[dict[str, int]] = {"vocab_size": 3, "length": 3}
 
     def sample(self, rng: np.random.Generator, n: int) -> ProbeSplit:
         T = self.length
@@ -129,13 +125,8 @@ class KHop(SampledProbe):
     k: int = 2
 
     name: ClassVar[str] = "khop"
-    causal: ClassVar[bool] = True
     description: ClassVar[str] = "follow k chained induction lookups from every position"
-
-    def __post_init__(self) -> None:
-        check_int("n_symbols", self.n_symbols, 2)
-        check_int("length", self.length, 2)
-        check_int("k", self.k, 0)
+    minimum: ClassVar[dict[str, int]] = {"n_symbols": 2, "length": 2, "k": 0}
 
     @property
     def vocab_size(self) -> int:

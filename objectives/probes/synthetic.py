@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from objectives.probes.base import ProbeSplit, SampledProbe, check_int
+from objectives.probes.base import ProbeSplit, SampledProbe
 
 N_DIGITS = 10
 
@@ -23,10 +23,8 @@ class DigitTask(SampledProbe):
     length: int = 16
 
     causal: ClassVar[bool] = False
-    vocab_size: ClassVar[int] = N_DIGITS  # type: ignore[misc]
-
-    def __post_init__(self) -> None:
-        check_int("length", self.length, 2)
+    vocab_size: ClassVar[int] = N_DIGITS
+    minimum: ClassVar[dict[str, int]] = {"length": 2}
 
     def sample(self, rng: np.random.Generator, n: int) -> ProbeSplit:
         x = rng.integers(0, N_DIGITS, size=(n, self.length), dtype=np.int64)  # (N, T)

@@ -7,48 +7,42 @@ result. Any mistake is a ``ValueError`` of one line that names the key path and 
 
 The budget, measurement and probe sections are the plain dataclasses of the modules that use
 them (``TrainBudget``, ``MeasureSettings``, ``ProbeBudget``), so their own checks apply and no
-default is written twice.
+default is written twice. Both budgets inherit the fields of ``nas.train.Optimizer``, so a study
+file and the stored config keep them flat (``[budget] lr = 3e-3``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-import tomllib
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from nas.config.base import Section, validate
+from nas.config.loader import apply_override, load_raw
 from nas.measure import MeasureSettings
-from nas.probe import ProbeBudget
+from nas.probing.probe import ProbeBudget
 from nas.train import TrainBudget
 from objectives import get_objective
 
-PRESET_DIR = Path(__file__).parent / "presets"
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TARGET = re.compile(r"^(local|accelerator:[A-Za-z0-9][A-Za-z0-9_.-]*|resource:[A-Za-z0-9_][A-Za-z0-9_.:-]*)$")
 
 
-class _Section(BaseModel):
-    # Strict JSON-mode validation: no bool-as-int, no float-as-int, lists become tuples.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SpaceConfig(_Section):
+class SpaceConfig(Section):
     name: str = "paper"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     name: Literal["tpe", "nsga2", "nsga3", "gp", "random"] = "tpe"
     seed: int | None = 0
     options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the sampler
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(Section):
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)  # fractions share one GPU between trials
     max_concurrent: int = Field(default=1, ge=1)
@@ -67,17 +61,19 @@ class ResourcesConfig(_Section):
         return target
 
 
-class ProbeConfig(_Section):
+class ProbeConfig(Section):
     budget: ProbeBudget = Field(default_factory=ProbeBudget)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> size parameters
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = None  # None: a local Ray starts and stops with the run
     dashboard: bool = False
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
+    file_noun: ClassVar[str] = "study"
+
     kind: Literal["study"] = "study"  # presets of other kinds (ladders, probe suites) share nas/presets/
     name: str
     directory: str | None = None  # None → studies/<name>
@@ -120,7 +116,7 @@ class StudyConfig(_Section):
         return limits
 
     @model_validator(mode="after")
-    def _check_space(self) -> "StudyConfig":
+    def _check_space(self) -> StudyConfig:
         from search_spaces import get_space
 
         try:
@@ -146,16 +142,16 @@ class StudyConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "StudyConfig":
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> StudyConfig:
         """A copy with ``key.path=value`` overrides applied and validated again."""
         raw = self.to_dict()
         for item in overrides:
             apply_override(raw, item)
-        return _validate(raw, f"study {self.name!r} with --set")
+        return validate(StudyConfig, raw, f"study {self.name!r} with --set")
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "stored config") -> "StudyConfig":
-        return _validate(json.loads(text), source)
+    def from_json(cls, text: str, *, source: str = "stored config") -> StudyConfig:
+        return validate(cls, json.loads(text), source)
 
 
 def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
@@ -170,111 +166,7 @@ def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
     return bound, name  # type: ignore[return-value]
 
 
-# ---- loading ----------------------------------------------------------------------------
-def presets() -> list[str]:
-    """The study presets: TOML files in nas/presets/ that say ``kind = "study"``."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml") if _kind(p) == "study")
-
-
-def _kind(path: Path) -> str | None:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")).get("kind")
-    except tomllib.TOMLDecodeError:
-        return None
-
-
 def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Read a study file or a preset name, apply ``key.path=value`` overrides, validate."""
-    path = Path(path_or_preset)
-    if not path.is_file():
-        if str(path_or_preset) not in presets():
-            raise ValueError(
-                f"{str(path_or_preset)!r} is neither a study file nor a study preset; give a .toml path "
-                f"or one of the study presets {presets()}"
-            )
-        path = PRESET_DIR / f"{path_or_preset}.toml"
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from None
-    for item in overrides:
-        apply_override(raw, item)
-    return _validate(raw, str(path))
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """``"budget.tokens=50000"`` sets raw["budget"]["tokens"]; the value is read as TOML."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set {item!r} must look like key.path=value, e.g. --set budget.tokens=50000")
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"--set {item!r}: {'.'.join(parents[:i + 1])} is a value, not a section")
-        node = child
-    node[leaf] = parse_value(text.strip())
-
-
-def parse_value(text: str) -> Any:
-    """A TOML value (``40``, ``1e-3``, ``true``, ``[\"a\", \"b\"]``, ``\"x\"``); else the bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _validate(raw: dict[str, Any], source: str) -> StudyConfig:
-    try:
-        return StudyConfig.model_validate_json(json.dumps(raw, default=str))
-    except ValidationError as err:
-        raise ValueError(f"{source}: {format_errors(err)}") from None
-
-
-# ---- error messages ---------------------------------------------------------------------
-def format_errors(err: ValidationError) -> str:
-    """All problems on one line: ``key.path: what is wrong; fix``, separated by ' | '."""
-    return " | ".join(_one(e) for e in err.errors())
-
-
-def _one(error: Any) -> str:
-    path = ".".join(str(p) for p in error["loc"])
-    kind, got = error["type"], error.get("input")
-    if not path:  # a whole-config check: its message names the keys itself
-        return error["msg"].removeprefix("Value error, ")
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        known = _known_keys(error["loc"][:-1])
-        return f"{path}: unknown key; known keys are {known}" if known else f"{path}: unknown key; remove it"
-    if kind == "missing":
-        return f"{path}: required; add it to the study file"
-    if kind == "value_error":
-        return f"{path}: {error['msg'].removeprefix('Value error, ')}"
-    if kind == "literal_error":
-        return f"{path}: {got!r} is not allowed; {error['msg'].lower()}"
-    return f"{path}: {error['msg'].lower()} (got {got!r})"
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the section at ``loc`` (a model or a dataclass), for 'unknown key' errors."""
-    model: Any = StudyConfig
-    for part in loc:
-        fields = _fields_of(model)
-        if part not in fields:
-            return []
-        model = fields[part]
-        for arg in typing.get_args(model) or (model,):
-            if _fields_of(arg):
-                model = arg
-                break
-    return sorted(_fields_of(model))
-
-
-def _fields_of(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, type) and issubclass(obj, BaseModel):
-        return {name: f.annotation for name, f in obj.model_fields.items()}
-    if isinstance(obj, type) and dataclasses.is_dataclass(obj):
-        hints = typing.get_type_hints(obj)
-        return {f.name: hints.get(f.name) for f in dataclasses.fields(obj)}
-    return {}
+    raw, path = load_raw(path_or_preset, "study", overrides)
+    return validate(StudyConfig, raw, str(path))

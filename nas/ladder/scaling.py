@@ -7,9 +7,10 @@ The law, per design (Hoffmann et al. 2022, "Chinchilla", approach 3):
 with N the non-embedding parameters and D the training tokens. It is fitted in log space,
 ``log L ≈ logsumexp(e, a − α·log N, b − β·log D)`` with ``E, A, B = exp(e, a, b)``, minimising a
 Huber loss of the log residuals (robust to the odd bad run) within bounds (scipy's trust-region
-least squares), from a grid of starting points (the objective has local minima). A parameter that ends at a bound, or
-whose term is a negligible part of every loss, is reported as undetermined by the ladder. Compute is C ≈ 6·N·D, so the iso-FLOP optimum of a
-fitted law has a closed form (``Law.optimum``).
+least squares), from a grid of starting points (the objective has local minima). A parameter
+that ends at a bound, or whose term is a negligible part of every loss, is reported as
+undetermined by the ladder. Compute is C ≈ 6·N·D, so the iso-FLOP optimum of a fitted law has a
+closed form (``Law.optimum``).
 
 Uncertainty comes from seeds only: ``bootstrap_laws`` resamples, at every grid point on its
 own, that point's seed runs with replacement and refits. The intervals it gives cover seed
@@ -28,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
@@ -76,7 +78,7 @@ class Law:
         return np.array([math.log(self.E), math.log(self.A), self.alpha, math.log(self.B), self.beta])
 
     @classmethod
-    def from_theta(cls, theta: Sequence[float]) -> "Law":
+    def from_theta(cls, theta: Sequence[float]) -> Law:
         e, a, alpha, b, beta = (float(x) for x in theta)
         return cls(E=math.exp(e), A=math.exp(a), alpha=alpha, B=math.exp(b), beta=beta)
 
@@ -262,8 +264,8 @@ class CellGap:
 def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
     """(pooled standard deviation, degrees of freedom) of the paired gaps over all cells."""
     ss, df = 0.0, 0
-    for g in groups:
-        g = np.asarray(g, dtype=float)
+    for group in groups:
+        g = np.asarray(group, dtype=float)
         if g.size >= 2:
             ss += float(((g - g.mean()) ** 2).sum())
             df += g.size - 1
@@ -275,13 +277,13 @@ def cell_gaps(gaps: dict[Any, Sequence[float]], baseline_loss: dict[Any, float],
     """Mean paired gap per cell with a t interval, mean ± t(df) · s_pooled / √k, where the seed
     spread is pooled over the cells that ``pool(key)`` puts in one group (default: all)."""
     groups: dict[Any, list[Sequence[float]]] = {}
-    for key, g in gaps.items():
-        groups.setdefault(pool(key), []).append(g)
+    for key, cell in gaps.items():
+        groups.setdefault(pool(key), []).append(cell)
     spread = {group: pooled_sd(members) for group, members in groups.items()}
     out = {}
-    for key, g in gaps.items():
+    for key, cell in gaps.items():
         sd, df = spread[pool(key)]
-        g = np.asarray(g, dtype=float)
+        g = np.asarray(cell, dtype=float)
         mean = float(g.mean())
         half = float(stats.t.ppf(0.5 + level / 2, df)) * sd / math.sqrt(g.size) if df else math.nan
         out[key] = CellGap(gap=Estimate(value=mean, lo=mean - half, hi=mean + half), n_seeds=int(g.size),

@@ -28,13 +28,14 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from nas.fingerprint import cpu_model
+from nas.common import atomic_write_json
+from nas.measure.fingerprint import cpu_model
 
 CALIBRATION_FILE = "qkvnas-reference.json"
 SMALL_OPS_STEPS = 300
@@ -129,11 +130,7 @@ def calibrated_rate(ref: Reference, device: torch.device, dtype: torch.dtype, di
                              for _ in range(CALIBRATION_SAMPLES))
     table = _read(path)  # re-read: the file may have other setups' entries by now
     table[key] = {"rate": rate, "unit": f"{ref.unit}/s", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(table, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(path, table, indent=1)
     return rate
 
 

@@ -1,22 +1,17 @@
-"""What a user sees while a study runs, and what ``qkvnas status`` prints: trials done against
-the target, failures, the current Pareto front as a small table, and the time left."""
+"""How a study reads on screen: the current Pareto front as a small table, a design's short
+label, the counts line, and the JSON summary of ``qkvnas status --json``."""
 from __future__ import annotations
 
 import json
 import math
-import sys
-import time
-from typing import Any, TextIO
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from nas.study import (
-    ATTR_DUPLICATE_OF, ATTR_REASON, ATTR_SPEC_HASH, ATTR_SPEC_JSON, ATTR_STATUS, Counts, counts, pareto_front,
-)
+from nas.engine.record import ATTR_SPEC_HASH, ATTR_SPEC_JSON, Counts, counts, pareto_front
 
 FRONT_ROWS = 8  # rows of the front table; the rest is summarised
-FRONT_EVERY = 4  # print the front table after every this many finished trials
 
 
 def fmt_value(value: float) -> str:
@@ -27,17 +22,6 @@ def fmt_value(value: float) -> str:
     if value.is_integer():
         return str(int(value))
     return f"{value:.4g}"
-
-
-def fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def design_label(trial: FrozenTrial) -> str:
@@ -79,7 +63,7 @@ def front_table(study: optuna.Study, *, rows: int = FRONT_ROWS) -> str:
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
     arrows = ["↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑" for d in study.directions]
     header = ["trial"] + [f"{n} {a}" for n, a in zip(names, arrows)] + ["design"]
-    designs = _one_per_design(front)
+    designs = one_per_design(front)
     body = [[f"{t.number}" + (f" (+{n - 1} same)" if n > 1 else "")] + [fmt_value(v) for v in t.values]
             + [design_label(t)] for t, n in designs[:rows]]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
@@ -89,7 +73,7 @@ def front_table(study: optuna.Study, *, rows: int = FRONT_ROWS) -> str:
     return "\n".join(lines)
 
 
-def _one_per_design(front: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
+def one_per_design(front: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
     """A design the sampler proposed again appears once, with how many trials share it."""
     first: dict[str, FrozenTrial] = {}
     seen: dict[str, int] = {}
@@ -112,62 +96,6 @@ def summary_line(c: Counts, target: int) -> str:
     if c.waiting:
         parts.append(f"{c.waiting} queued")
     return ", ".join(parts)
-
-
-class Progress:
-    """Prints one line per finished trial, the front every few trials, and an ETA from the
-    durations of this run's trials (a resumed study does not count earlier runs)."""
-
-    def __init__(self, study: optuna.Study, target: int, *, concurrency: int, out: TextIO | None = None,
-                 enabled: bool = True) -> None:
-        self.study, self.target, self.concurrency = study, target, concurrency
-        self.out = out or sys.stdout
-        self.enabled = enabled
-        self.t0 = time.monotonic()
-        self.finished_here = 0
-        self.durations: list[float] = []
-
-    def start(self) -> None:
-        c = counts(self.study)
-        self._print(f"study {self.study.study_name!r}: {summary_line(c, self.target)}; "
-                    f"running {max(0, self.target - c.done)} more, {self.concurrency} at a time")
-
-    def trial_finished(self, trial: FrozenTrial) -> None:
-        self.finished_here += 1
-        if trial.duration is not None:
-            self.durations.append(trial.duration.total_seconds())
-        c = counts(self.study)
-        left = max(0, self.target - c.done)
-        # From the trials' own durations: Ray's start-up is not a cost every trial pays again.
-        eta = sum(self.durations) / len(self.durations) * left / self.concurrency if self.durations else math.nan
-        self._print(f"[{c.done}/{self.target}] trial {trial.number} {self._outcome(trial)}  "
-                    f"| failed {c.failed} | front {len(_one_per_design(pareto_front(self.study)))} designs "
-                    f"| left ~{fmt_duration(eta)}")
-        if self.finished_here % FRONT_EVERY == 0 and left:
-            self._print("current front:\n" + front_table(self.study))
-
-    def finish(self) -> None:
-        c = counts(self.study)
-        self._print(f"done in {fmt_duration(time.monotonic() - self.t0)}: {summary_line(c, self.target)}")
-        self._print("Pareto front:\n" + front_table(self.study))
-
-    def note(self, text: str) -> None:
-        self._print(text)
-
-    def _outcome(self, trial: FrozenTrial) -> str:
-        status = trial.user_attrs.get(ATTR_STATUS, trial.state.name.lower())
-        label = design_label(trial)
-        if trial.state == optuna.trial.TrialState.FAIL:
-            return f"failed ({trial.user_attrs.get(ATTR_REASON, 'no reason recorded')}) {label}"
-        names = self.study.metric_names or []
-        values = " ".join(f"{n}={fmt_value(v)}" for n, v in zip(names, trial.values or []))
-        source = trial.user_attrs.get(ATTR_DUPLICATE_OF)
-        dup = f" (same design as trial {source})" if source is not None else ""
-        return f"{status}{dup} {label}: {values}"
-
-    def _print(self, text: str) -> None:
-        if self.enabled:
-            print(text, file=self.out, flush=True)
 
 
 def describe(study: optuna.Study, target: int | None) -> dict[str, Any]:

@@ -7,35 +7,31 @@ the probe's own metric on its held-out test set.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.train import autocast_for, lr_at, make_optimizer, resolve_device, seeded_model
+from nas.device import resolve_device
+from nas.train import Optimizer, autocast_for, lr_at, make_optimizer, seeded_model
 from objectives.probes import Probe, ProbeSplit, get_probe
 from search_spaces.spec import ArchSpec
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProbeBudget:
-    """How long to train on a probe. The optimiser fields mean what they mean in
-    ``nas.train.TrainBudget`` (the same optimiser and schedule are used)."""
+class ProbeBudget(Optimizer):
+    """How long to train on a probe. The optimiser fields are ``nas.train.Optimizer``'s (the
+    same optimiser and schedule as ``nas.train`` are used)."""
 
     steps: int = 250
     batch_size: int = 32
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
     n_train: int | None = None  # None → steps × batch_size: every step sees fresh examples
     n_test: int = 512
     eval_batch_size: int = 256
@@ -47,14 +43,7 @@ class ProbeBudget:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.n_train is not None and (not isinstance(self.n_train, int) or self.n_train < 1):
             raise ValueError(f"n_train={self.n_train!r} must be a positive integer, or None for steps × batch_size")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
-        if not 0 <= self.warmup_frac < 1:
-            raise ValueError(f"warmup_frac={self.warmup_frac!r} must be in [0, 1)")
-        if not 0 <= self.min_lr_frac <= 1:
-            raise ValueError(f"min_lr_frac={self.min_lr_frac!r} must be in [0, 1]")
-        if not (self.weight_decay >= 0 and self.grad_clip > 0):
-            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0 and grad_clip={self.grad_clip!r} > 0")
+        super().__post_init__()
 
     @property
     def train_examples(self) -> int:
@@ -110,34 +99,20 @@ def run_probe(
     }
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch CPU threads (None: as is), restored afterwards. Probe models are
-    tiny, so one thread loses little, while two threads on a busy 2-core machine spin against
-    each other: a 150-step run measured 3.9 s on one thread and 184 s on two, at load 9."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _fit(model: nn.Module, data: ProbeSplit, budget: ProbeBudget, device: torch.device,
          seed: int) -> tuple[list[float], str | None]:
     """Train on the queried positions; returns per-step losses and why it stopped early, if it did."""
     x_all = torch.from_numpy(data.inputs).to(device)  # (N, T)
     y_all = torch.from_numpy(data.targets).to(device)  # (N, T)
     m_all = torch.from_numpy(data.mask).to(device)  # (N, T) bool
-    opt = make_optimizer(model, budget, device)  # type: ignore[arg-type]  # same optimiser fields
+    opt = make_optimizer(model, budget, device)
     autocast = autocast_for(device)
     order = _batch_order(len(data), budget, seed)
     model.train()
     losses: list[float] = []
     for step, rows in enumerate(order):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, budget.steps, budget)  # type: ignore[arg-type]
+            group["lr"] = lr_at(step, budget.steps, budget)
         idx = torch.from_numpy(rows).to(device)
         x, y, m = x_all[idx], y_all[idx], m_all[idx]
         with autocast():

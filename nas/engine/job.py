@@ -1,0 +1,105 @@
+"""What the engine runs: a job. A study, a ladder and a probe suite are jobs.
+
+The engine owns the lifecycle (storage and its lock, stale trials, rounds of Ray Tune or of
+the in-process executor, Ctrl-C, telling Optuna, progress); a job says what one trial is:
+
+    driver:  open_study → prepare → [remaining > 0: suggest(trial) → payload ... tell(record)]
+    worker:  execute(payload, report) → record     (a Ray actor, or this process)
+
+The payload and the record are JSON-able dicts, because they cross a process boundary. A job
+object itself travels to the workers (pickled), so it holds plain configuration only.
+``report(step, metrics)`` sends an intermediate result (a learning-curve point) to the engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+from nas.engine.record import tell_record
+
+Report = Callable[[int, dict[str, float]], None]
+Payload = dict[str, Any]
+Record = dict[str, Any]
+
+
+def no_report(step: int, metrics: dict[str, float]) -> None:
+    """For callers that run a job's trial outside the engine."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What each trial asks for, and where it may run (see ``nas.engine.tune``)."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 1
+    target: str = "local"
+    ray_address: str | None = None
+    dashboard: bool = False
+
+    @classmethod
+    def of(cls, resources: Any, ray: Any) -> Resources:
+        """From a config's ``[resources]`` and ``[ray]`` sections."""
+        return cls(cpus_per_trial=resources.cpus_per_trial, gpus_per_trial=resources.gpus_per_trial,
+                   max_concurrent=resources.max_concurrent, target=resources.target, ray_address=ray.address,
+                   dashboard=ray.dashboard)
+
+
+class Job(Protocol):
+    # Read-only: jobs give these as properties derived from their config.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def storage_url(self) -> str: ...
+
+    @property
+    def resources(self) -> Resources: ...
+
+    def open_study(self, storage: BaseStorage) -> optuna.Study:
+        """The job's study, created or loaded (and checked against the job's config)."""
+
+    def prepare(self, study: optuna.Study) -> None:
+        """Before any trial: e.g. enqueue a fixed grid of trials."""
+
+    def remaining(self, study: optuna.Study) -> int:
+        """Trials still to start, counting the ones other workers run."""
+
+    def progress(self, study: optuna.Study) -> tuple[int, int]:
+        """(done, target) for the progress display."""
+
+    def suggest(self, trial: optuna.Trial) -> Payload:
+        """The trial's payload; sampled (or read from its enqueued parameters) in the driver."""
+
+    def execute(self, payload: Payload, report: Report) -> Record:
+        """Run one trial in a worker; a trial's own failure is a failed record, never a raise."""
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:
+        """Store the record in the trial and tell Optuna."""
+
+    def outcome(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        """One progress line about a finished trial."""
+
+    def summary(self, study: optuna.Study, *, final: bool) -> str | None:
+        """A few lines shown every few trials and at the end (a study's front), or None."""
+
+    def finish_line(self, study: optuna.Study) -> str:
+        """What the job's trials add up to, printed when the run ends."""
+
+
+class BaseJob:
+    """Defaults for the optional parts of a job."""
+
+    def prepare(self, study: optuna.Study) -> None:
+        return None
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:
+        tell_record(study, trial, record)
+
+    def summary(self, study: optuna.Study, *, final: bool) -> str | None:
+        return None

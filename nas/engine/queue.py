@@ -1,0 +1,46 @@
+"""Jobs with a fixed set of trials (a ladder's grid, a probe suite's runs): each is enqueued
+with fixed parameters, and a rerun enqueues only what has no settled trial yet."""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.engine.compat import fail_trial
+from nas.engine.record import ATTR_ERROR, ATTR_REASON, is_stale
+
+K = TypeVar("K", bound=Hashable)
+
+
+def is_settled(trial: FrozenTrial) -> bool:
+    """A fixed trial that needs no new run: complete, queued or running, or failed on its own
+    (a divergence is a result). One that was interrupted, or that raised an unexpected error (a
+    bug, out of memory), is run again by the next run."""
+    if trial.state == TrialState.FAIL:
+        return not is_stale(trial) and not trial.user_attrs.get(ATTR_ERROR)
+    return trial.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+
+
+def queue_missing(study: optuna.Study, wanted: Mapping[K, dict[str, Any]], key_of: Callable[[FrozenTrial], K | None], *,
+                  what: str, user_attrs: Callable[[K], dict[str, Any]] | None = None) -> None:
+    """Enqueue the parameters of every wanted key without a settled trial; fail queued trials
+    whose key is no longer wanted (the grid shrank)."""
+    settled = {key_of(t) for t in study.get_trials(deepcopy=False) if is_settled(t)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if key_of(t) not in wanted:
+            fail_trial(study, t, {ATTR_REASON: f"not in the {what} any more"})
+    for key, params in wanted.items():
+        if key not in settled:
+            study.enqueue_trial(params, user_attrs=user_attrs(key) if user_attrs else None)
+
+
+def waiting_keys(study: optuna.Study, key_of: Callable[[FrozenTrial], K | None]) -> set[K | None]:
+    return {key_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+
+
+def finished_keys(study: optuna.Study, key_of: Callable[[FrozenTrial], K | None]) -> set[K | None]:
+    """Keys with a settled, finished trial."""
+    states = (TrialState.COMPLETE, TrialState.FAIL)
+    return {key_of(t) for t in study.get_trials(deepcopy=False, states=states) if is_settled(t)}

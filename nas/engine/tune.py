@@ -1,0 +1,218 @@
+"""Ray Tune executes the trials of a job. This is the only module that imports ``ray``.
+
+The searcher runs in this (driver) process and implements Ray Tune's public two-method
+``Searcher`` contract over the job: ``suggest`` asks the job's Optuna study for a trial and the
+job for its payload; ``on_trial_complete`` stores the worker's record and tells Optuna. A
+trial runs the job's ``execute`` in a Ray actor (reused between trials) with the job's
+resources.
+
+Without an address a local Ray starts and stops with the run, with its files in a fresh
+folder of the system temp dir that is removed afterwards, and no dashboard unless asked.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from nas.engine.recovery import release_own_trials, worker_identity
+from nas.engine.trials import RAY_ERROR, finish_trial, start_trial
+
+if TYPE_CHECKING:
+    from nas.engine.job import Job, Resources
+    from nas.engine.progress import Progress
+
+# Quiet Ray: our own progress lines are the display. Set before ray is imported.
+_RAY_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy reporter honours verbose=0
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # Ctrl-C reaches us; we requeue and say how to resume
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # results carry the record, not a metric
+}
+for _key, _value in _RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+PAYLOAD_KEY = "qkvnas_payload"
+RECORD_KEY = "qkvnas_record"
+STEP_KEY = "qkvnas_step"
+
+
+# ---- Ray lifecycle ----------------------------------------------------------------------
+@contextlib.contextmanager
+def ray_session(resources: Resources, address: str | None = None) -> Iterator[str]:
+    """Attach to ``address`` (or the job's) or start a local Ray for the duration of the run.
+    Yields a scratch folder in the system temp dir for Tune's own files; it is removed at the end."""
+    address = address or resources.ray_address
+    scratch = tempfile.mkdtemp(prefix="qkvnas-ray-")  # short: Ray's socket paths must fit 107 bytes
+    try:
+        if address:
+            check_reachable(address)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            # A local single-user run: no auth token under $HOME (Ray 2.60 writes one otherwise).
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(include_dashboard=resources.dashboard, _temp_dir=scratch, logging_level=logging.ERROR,
+                     log_to_driver=False)
+        check_target(resources.target, ray.cluster_resources())
+        yield os.path.join(scratch, "tune")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a wrong --ray-address: ray.init would retry a dead address forever."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray:// client addresses: left to Ray
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+            return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise ValueError(f"--ray-address {address}: no Ray cluster answers there ({err}); start one with "
+                                 "`ray start --head`, or leave out --ray-address to run a local Ray") from None
+            time.sleep(0.5)
+
+
+# ---- the target hardware ------------------------------------------------------------------
+_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def target_resource(target: str) -> str | None:
+    """The Ray resource that marks a study's target nodes; None for "local" (anywhere)."""
+    kind, _, name = target.partition(":")
+    return {"local": None, "accelerator": f"accelerator_type:{name}", "resource": name}[kind]
+
+
+def trial_resources(resources: Any) -> dict[str, float]:
+    """What each trial asks Ray for: its CPUs and GPUs, and a sliver of the target's resource,
+    which places it on a matching node without limiting how many trials run there."""
+    out = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    key = target_resource(resources.target)
+    if key is not None:
+        out[key] = 0.001
+    return out
+
+
+def check_target(target: str, cluster: dict[str, float]) -> None:
+    """A target that no node of the cluster has is an error before any trial starts: the study's
+    figures are for that hardware, and trials must not quietly run (and measure) elsewhere."""
+    key = target_resource(target)
+    if key is None or cluster.get(key, 0) > 0:
+        return
+    have = sorted(k for k in cluster if k not in _BUILTIN and not k.startswith("node:"))
+    hint = ("start a node that has one" if key.startswith("accelerator_type:")
+            else f"start a node with `ray start --resources='{{\"{key}\": 1}}'`")
+    raise ValueError(f"resources.target = {target!r}: no node of this Ray cluster has the resource {key!r} "
+                     f"(it has {', '.join(have) or 'only CPU, GPU and memory'}); {hint} and pass its address "
+                     "with --ray-address, or set resources.target = \"local\"")
+
+
+# ---- the searcher -----------------------------------------------------------------------
+@dataclass
+class _Driver:
+    """The searcher's state in this process. Tune pickles its searcher into the experiment
+    folder, and an open storage or a terminal cannot be pickled: the searcher holds a key."""
+
+    job: Job
+    study: optuna.Study
+    progress: Progress
+    worker: dict[str, Any] = field(default_factory=worker_identity)
+    trials: dict[str, optuna.Trial] = field(default_factory=dict)
+    told: set[str] = field(default_factory=set)
+
+
+_DRIVERS: dict[str, _Driver] = {}
+
+
+class EngineSearch(Searcher):
+    """Ray Tune's searcher contract over a job and its Optuna study."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the job defines the space and the objectives; Tune's are not used
+
+    # Ray annotates Optional[Dict] but documents (and handles) Searcher.FINISHED as a return.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
+        d = _DRIVERS[self.key]
+        # Other workers (journal or PostgreSQL storage) fill the same target: stop asking
+        # once the finished and running trials of all of them reach it.
+        if d.job.remaining(d.study) <= 0:
+            return Searcher.FINISHED
+        trial, payload = start_trial(d.job, d.study, d.worker)
+        d.trials[trial_id] = trial
+        return {PAYLOAD_KEY: json.dumps(payload)}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return  # intermediate reports: nothing acts on them yet
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        d = _DRIVERS[self.key]
+        if trial_id in d.told or trial_id not in d.trials:
+            return
+        d.told.add(trial_id)
+        record = json.loads(result[RECORD_KEY]) if result and RECORD_KEY in result else None
+        told = finish_trial(d.job, d.study, d.trials[trial_id], record, error=RAY_ERROR if error else None)
+        if told is not None:
+            d.progress.trial_finished(told)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the job's storage is the checkpoint (a rerun reads it)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise RuntimeError("a qkvnas run resumes from its storage: run it again, not Tuner.restore")
+
+
+# ---- the trainable (runs in a Ray actor) ------------------------------------------------
+def _trainable(params: dict[str, Any], job: Job) -> None:
+    import torch
+
+    # As many torch threads as the trial holds CPUs: more oversubscribes the node and slows
+    # every concurrent trial many times over; fewer leaves reserved cores idle.
+    torch.set_num_threads(max(1, math.floor(job.resources.cpus_per_trial)))
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        tune.report({STEP_KEY: step, **metrics})
+
+    record = job.execute(json.loads(params[PAYLOAD_KEY]), report)
+    tune.report({RECORD_KEY: json.dumps(record)})
+
+
+# ---- one round ------------------------------------------------------------------------------
+def run_round(job: Job, study: optuna.Study, n_trials: int, progress: Progress, scratch: str) -> None:
+    """Up to ``n_trials`` trials as one Ray Tune run; this process's unfinished trials (Ctrl-C,
+    an actor lost) are requeued, never left RUNNING."""
+    key = f"{job.name}-{time.time_ns()}"
+    _DRIVERS[key] = _Driver(job=job, study=study, progress=progress)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, job=job), trial_resources(job.resources))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=EngineSearch(key), num_samples=n_trials,
+                                    reuse_actors=True, max_concurrent_trials=job.resources.max_concurrent),
+        run_config=tune.RunConfig(name=f"{job.name}-{int(time.time())}", storage_path=scratch, verbose=0),
+    )
+    try:
+        tuner.fit()
+    finally:
+        del _DRIVERS[key]
+        release_own_trials(study)
