@@ -1,7 +1,13 @@
-"""Training speed: ``nas.train.train`` against a bare hand-written PyTorch loop, and the step time
-of each ``proj`` mode relative to ``qkv``.
+"""Training speed: ``nas.train.train`` against a bare hand-written PyTorch loop, its model FLOP
+utilisation, and the step time of each ``proj`` mode relative to ``qkv``.
 
-    python benchmarks/bench_train.py [--quick] [--out results.json] [--device auto]
+    python benchmarks/bench_train.py [--quick] [--size small|gpt2|tiny] [--compile] [--out results.json] [--device auto]
+
+``--size gpt2`` is the GPU check's model (benchmarks/gpu_check.sh): GPT-2 small's shape, d_model 768,
+12 layers of 12 heads, context 1024, a 50304-entry table (124M parameters; the corpus is bytes, so
+most rows are never looked up, but the LM head multiplies by all of them). ``--size tiny`` is a
+smoke run of a few seconds. ``--compile`` runs both sides under ``torch.compile``
+(``TrainBudget.compile``; the compile time, excluded from the throughput, is reported apart).
 
 (a) Throughput ratio. Both sides train the same model (same spec and seed), batch, seq_len and
     number of steps, with AdamW and gradient clipping at 1.0; the bare loop is the nanoGPT
@@ -9,7 +15,10 @@ of each ``proj`` mode relative to ``qkv``.
     every run is not timed (optimiser state allocation), nor is ``train``'s evaluation, and one
     untimed run of each side warms the process up. Runs alternate between the two sides and the
     median of ``--repeats`` is reported. Target: ratio >= 0.95.
-(b) Step time per proj mode: the bare loop over uniform specs that differ only in ``proj``, at
+(b) MFU: ``costs.flops_per_token`` x tokens/s over the rate of a large matmul in the training
+    dtype (bf16 on CUDA, where training autocasts; fp32 on the CPU), timed in the same run right
+    after the throughput runs (nas/measure/reference.py). Target on a GPU: >= 40% in bf16 at gpt2.
+(c) Step time per proj mode: the bare loop over uniform specs that differ only in ``proj``, at
     equal d_model and heads; median over repeats, modes interleaved within each repeat.
 
 Never run this beside other work on the same cores: neighbours distort both sides.
@@ -33,7 +42,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from nas.costs import costs  # noqa: E402
 from nas.data import Corpus, load_corpus  # noqa: E402
+from nas.measure.reference import reference, sample  # noqa: E402
 from nas.model import build_model  # noqa: E402
 from nas.train import TrainBudget, autocast_for, resolve_device, train  # noqa: E402
 from search_spaces.spec import PROJ_MODES, ArchSpec, uniform  # noqa: E402
@@ -45,13 +56,22 @@ class Setup:
     n_heads: int = 4
     layers: int = 4
     context: int = 256
+    vocab_size: int = 256
     batch_size: int = 8
     steps: int = 16  # per timed run, the first of which is not timed
     repeats: int = 5
+    compile: bool = False
+
+
+SIZES = {
+    "small": Setup(),
+    "gpt2": Setup(d_model=768, n_heads=12, layers=12, context=1024, vocab_size=50304, batch_size=8),
+    "tiny": Setup(d_model=64, n_heads=2, layers=2, context=64, batch_size=4, steps=4, repeats=2),
+}
 
 
 def spec_for(setup: Setup, proj: str) -> ArchSpec:
-    return ArchSpec(vocab_size=256, context=setup.context, d_model=setup.d_model, n_heads=setup.n_heads,
+    return ArchSpec(vocab_size=setup.vocab_size, context=setup.context, d_model=setup.d_model, n_heads=setup.n_heads,
                     ffn_dim=4 * setup.d_model, layers=uniform(setup.layers, proj=proj))
 
 
@@ -59,6 +79,8 @@ def bare_loop(spec: ArchSpec, data: torch.Tensor, setup: Setup, device: torch.de
     """Training tokens per second of a plain loop, steps 2..N."""
     torch.manual_seed(0)
     model = build_model(spec).to(device)
+    if setup.compile:  # compiled at step 1, which is not timed
+        model = torch.compile(model)  # type: ignore[assignment]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device.type == "cuda")
     autocast, B, T = autocast_for(device), setup.batch_size, setup.context
@@ -84,17 +106,23 @@ def bare_loop(spec: ArchSpec, data: torch.Tensor, setup: Setup, device: torch.de
 
 def qkvnas_loop(spec: ArchSpec, corpus: Corpus, setup: Setup, device: torch.device) -> float:
     """``nas.train.train``'s own figure: training steps only, first step excluded."""
+    return qkvnas_run(spec, corpus, setup, device)[0]
+
+
+def qkvnas_run(spec: ArchSpec, corpus: Corpus, setup: Setup, device: torch.device) -> tuple[float, float | None]:
+    """(tokens/s, compile seconds or None) of one ``nas.train.train`` run."""
     budget = TrainBudget(tokens=setup.steps * setup.batch_size * setup.context, batch_size=setup.batch_size,
-                         eval_every=setup.steps, eval_batches=1, device=str(device))
+                         eval_every=setup.steps, eval_batches=1, device=str(device), compile=setup.compile)
     result = train(spec, corpus, budget)
     assert result.steps == setup.steps and not result.diverged, result.reason
-    return result.train_tokens_per_s
+    return result.train_tokens_per_s, result.compile_s
 
 
 def throughput_ratio(setup: Setup, corpus: Corpus, data: torch.Tensor, device: torch.device) -> dict[str, Any]:
     spec = spec_for(setup, "qkv")
     warm = dataclasses.replace(setup, steps=3)
-    qkvnas_loop(spec, corpus, warm, device), bare_loop(spec, data, warm, device)
+    _, compile_s = qkvnas_run(spec, corpus, warm, device)
+    bare_loop(spec, data, warm, device)
     ours, bare = [], []
     for _ in range(setup.repeats):
         ours.append(qkvnas_loop(spec, corpus, setup, device))
@@ -108,6 +136,24 @@ def throughput_ratio(setup: Setup, corpus: Corpus, data: torch.Tensor, device: t
         "best_ratio": max(ours) / max(bare),  # noise only slows a run: the best runs are the cleanest
         "runs_qkvnas": ours,
         "runs_bare": bare,
+        "params": sum(p.numel() for p in build_model(spec).parameters()),
+        "compile_s": compile_s,  # of the warm-up run, the first to compile
+    }
+
+
+def mfu(setup: Setup, device: torch.device, throughput: dict[str, Any]) -> dict[str, Any]:
+    """Model FLOP utilisation of both loops against a large matmul timed now, in the training dtype."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what nas.train autocasts to
+    ref = reference("matmul", device, dtype)
+    sample(ref, device)  # warm-up
+    peak = statistics.median(ref.units / sample(ref, device, 0.1) for _ in range(5))
+    flops = costs(spec_for(setup, "qkv"), seq_len=setup.context).flops_per_token
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_flops_per_s": peak,
+        "flops_per_token": flops,
+        "mfu_qkvnas": flops * throughput["qkvnas_tokens_per_s"] / peak,
+        "mfu_bare": flops * throughput["bare_tokens_per_s"] / peak,
     }
 
 
@@ -157,8 +203,14 @@ def print_table(report: dict[str, Any]) -> None:
           f"load average {env['load_average_at_start'][0]:.1f} at start, {env['load_average_at_end'][0]:.1f} at end")
     print(f"(a) qkvnas train {a['qkvnas_tokens_per_s']:,.0f} tok/s  vs bare loop {a['bare_tokens_per_s']:,.0f} tok/s"
           f"  ratio {a['ratio_of_medians']:.3f} (median paired {a['median_paired_ratio']:.3f}, "
-          f"best runs {a['best_ratio']:.3f}; target >= 0.95)")
-    print("(b) proj mode   median step ms   vs qkv   best step ms   vs qkv   params")
+          f"best runs {a['best_ratio']:.3f}; target >= 0.95); {a['params']:,} parameters"
+          + ("" if a["compile_s"] is None else f"; compiled in {a['compile_s']:.1f} s"))
+    m = report["mfu"]
+    print(f"(b) MFU against a {m['dtype']} matmul at {m['peak_flops_per_s'] / 1e12:.3g} TFLOP/s: qkvnas "
+          f"{100 * m['mfu_qkvnas']:.1f}%, bare loop {100 * m['mfu_bare']:.1f}%")
+    if not report["proj_modes"]:
+        return
+    print("(c) proj mode   median step ms   vs qkv   best step ms   vs qkv   params")
     for mode, row in report["proj_modes"].items():
         print(f"    {mode:<11} {row['step_ms']:14.1f}   {row['relative_to_qkv']:6.3f}   {row['best_step_ms']:12.1f}"
               f"   {row['best_relative_to_qkv']:6.3f}   {row['params']:,}")
@@ -167,6 +219,9 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    parser.add_argument("--size", default="small", choices=list(SIZES), help="the model and batch (default: small)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both loops")
+    parser.add_argument("--no-proj-modes", action="store_true", help="skip (c), the step time per proj mode")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
@@ -175,14 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    setup = Setup(steps=6, repeats=3) if args.quick else Setup()
-    setup = dataclasses.replace(setup, steps=args.steps or setup.steps, repeats=args.repeats or setup.repeats)
+    setup = SIZES[args.size]
+    setup = dataclasses.replace(setup, steps=6, repeats=3) if args.quick else setup
+    setup = dataclasses.replace(setup, steps=args.steps or setup.steps, repeats=args.repeats or setup.repeats,
+                                compile=args.compile)
     device = resolve_device(args.device)
     corpus = load_corpus()
     data = torch.from_numpy(corpus.train.astype(np.int64))
     report = {"setup": dataclasses.asdict(setup), "environment": environment(device)}
     report["throughput"] = throughput_ratio(setup, corpus, data, device)
-    report["proj_modes"] = proj_step_times(setup, data, device)
+    report["mfu"] = mfu(setup, device, report["throughput"])
+    report["proj_modes"] = {} if args.no_proj_modes else proj_step_times(setup, data, device)
     report["environment"]["load_average_at_end"] = os.getloadavg()
     print_table(report)
     if args.out:

@@ -19,7 +19,8 @@ from nas.config import StudyConfig, load_config
 from nas.engine.record import Counts, counts
 from nas.engine.storage import SQLiteLock
 from nas.export import ExportResult, export_study
-from nas.study.display import describe, front_table, summary_line
+from nas.engine.stopping import stopping_summary
+from nas.study.display import describe, front_table, stopping_text, summary_line
 from nas.study.job import StudyJob
 from nas.study.open import config_of, load_existing, resolve_study, storage_url, stored_config
 
@@ -77,6 +78,8 @@ def study_status(name: str, *, study_name: str | None = None) -> dict[str, Any]:
     stored = stored_config(study) or {}
     summary = describe(study, stored.get("trials"))
     summary["storage"] = resolve_study(name, study_name=study_name)[0]
+    if (stored.get("fidelity") or {}).get("scheduler", "none") != "none":
+        summary["stopping"] = stopping_summary(study, int(stored["budget"]["tokens"]))
     return summary
 
 
@@ -86,8 +89,11 @@ def status_text(name: str, *, study_name: str | None = None) -> str:
     url = resolve_study(name, study_name=study_name)[0]
     lines = [f"study {study.study_name!r} in {url}",
              f"objectives: {', '.join(study.metric_names or [])}",
-             summary_line(counts(study), target) if target else str(counts(study)),
-             "Pareto front:", front_table(study)]
+             summary_line(counts(study), target) if target else str(counts(study))]
+    stored = stored_config(study) or {}
+    if (stored.get("fidelity") or {}).get("scheduler", "none") != "none":
+        lines.append(stopping_text(stopping_summary(study, int(stored["budget"]["tokens"]))))
+    lines += ["Pareto front:", front_table(study)]
     return "\n".join(lines)
 
 

@@ -96,6 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(p, "--lr", TRAIN, type=float, help="peak learning rate")
     _flag(p, "--seed", TRAIN, type=int, help="seed of the weights and batches")
     _flag(p, "--device", TRAIN, help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model (its compile time is reported apart as compile_s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=_cmd_train)
 
@@ -107,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     spec = ArchSpec.load(args.spec)
     corpus = load_corpus(args.data)
-    budget = TrainBudget(tokens=args.tokens, **_given(args, "batch_size", "seq_len", "lr", "seed", "device"))
+    budget = TrainBudget(tokens=args.tokens, **_given(args, "batch_size", "seq_len", "lr", "seed", "device", "compile"))
     result = train(spec, corpus, budget, progress=not args.no_progress)
     out = {"spec_hash": spec.hash, "corpus": corpus.describe(), **result.to_dict()}
     _print_json(_strict_json(out))
@@ -415,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    from nas.bench.cli import add_commands  # tabulate, replay: the search-quality commands
+
+    add_commands(sub)
     return parser
 
 

@@ -67,6 +67,18 @@ def funlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with ±inf and NaN written as strings, so that strict JSON (and Optuna's user
+    attributes) can hold it; dicts and sequences converted throughout."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` torch CPU threads (None: as is), restored afterwards. Tiny models

@@ -209,6 +209,32 @@ def decode_flops_per_token(spec: ArchSpec, n_cached: int | None = None) -> float
     return total
 
 
+# ---- what one decode step reads ---------------------------------------------------------
+def decode_weight_elements(spec: ArchSpec, n_cached: int, *, batch: int = 1) -> int:
+    """Weights one decode step of `batch` sequences reads, each once, with `n_cached` tokens in
+    the cache: every parameter but the rows of the input tables it does not look up (an untied
+    token table: `batch` rows; learned positions: one row) and the routing rows of a mixer beyond
+    the one row per head over the keys it mixes. A tied table is read whole as the LM head."""
+    d, h, L = spec.d_model, spec.n_heads, spec.context
+    total = param_count(spec)
+    if not spec.tie_embeddings:
+        total -= (spec.vocab_size - min(batch, spec.vocab_size)) * d
+    if spec.pos == "learned":
+        total -= (L - 1) * d
+    mixers = sum(layer.attn == "mixer" for layer in spec.layers)
+    return total - mixers * (h * L * L - h * min(n_cached + 1, L))
+
+
+def decode_step_bytes(spec: ArchSpec, n_cached: int, *, batch: int = 1, dtype: str = "bfloat16") -> int:
+    """Bytes one decode step must read with `n_cached` tokens in the cache, in `dtype`: its weights
+    once, and for each sequence the cached entries of every key it attends to (the new token's
+    included, a window's worth at most). A lower bound: a borrowing layer's second read of its
+    source's K/V, a latent's expansion and an unrotated V=K's rotation are traffic beyond it."""
+    per = dtype_bytes(dtype)
+    return per * decode_weight_elements(spec, n_cached, batch=batch) + kv_cache_bytes(
+        spec, n_cached + 1, batch=batch, dtype=dtype)
+
+
 # ---- the summary ----------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class Costs:

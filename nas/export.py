@@ -102,7 +102,11 @@ def trial_row(study: optuna.Study, trial: FrozenTrial, *, on_front: bool) -> dic
     costs = attrs.get("costs") or {}
     for key in COST_COLUMNS:
         row[f"cost_{key}"] = costs.get(key)
-    for key in ("costs", "measure", "train", "curve", "stability", "probes", "constraint_values", "objective_values"):
+    # Early stopping (nas/engine/stopping.py): where a PRUNED trial stopped and what it trained.
+    row["stopped_at_rung"] = attrs.get("stopped_at_rung")
+    row["tokens_spent"] = attrs.get("tokens_spent")
+    for key in ("costs", "measure", "train", "curve", "stability", "probes", "constraint_values", "objective_values",
+                "rungs"):
         row[f"{key}_json"] = json.dumps(attrs[key], sort_keys=True) if attrs.get(key) is not None else None
     return row
 
@@ -135,7 +139,8 @@ def _columns(rows: list[dict[str, Any]], study: optuna.Study) -> dict[str, Any]:
             kinds[name] = pa.float64()
         elif isinstance(sample, bool) or name in ("on_front", "feasible", "interrupted"):
             kinds[name] = pa.bool_()
-        elif isinstance(sample, int) or name in ("number", "duplicate_of", "retry_of") or name.startswith("cost_"):
+        elif isinstance(sample, int) or name in ("number", "duplicate_of", "retry_of", "stopped_at_rung", "tokens_spent") \
+                or name.startswith("cost_"):
             kinds[name] = pa.int64()
         elif isinstance(sample, float):
             kinds[name] = pa.float64()

@@ -5,64 +5,26 @@
 projections exist once as parameters and run once as matmuls, so a `q_kv` layer computes
 two projections and a `qkv_single` layer one. Where K and V come from is a small module,
 a `KVSource` (dense, V tied to K, a latent, borrowed from an earlier layer), and each source
-holds its own cache rule: incremental decoding keeps a `KVCache` that stores only what the
-design needs (K only when V is K, the latent for `kv_latent`, at most `window` tokens,
-nothing for `kv_from` or attention-free layers).
+holds its own cache rule: incremental decoding keeps a `KVCache` (nas/kv_cache.py) that stores
+only what the design needs (K only when V is K, the latent for `kv_latent`, a ring of `window`
+slots, nothing for `kv_from` or attention-free layers), allocated once and written in place.
 
 Shapes: B batch, T new tokens, S cached+new keys, h query heads, g K/V heads, hd head dim.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nas.kv_cache import CacheLayout, CacheOwner, KVCache, LayerCache, fill_cache, uncached
 from nas.kv_source import KVSourceName, has_q_projection, kv_source_name
 from search_spaces.spec import ASYM_CHANNELS, DCONV_KERNEL, ArchSpec, LayerSpec
 
 ROPE_BASE = 10000.0
-
-
-# ---- the cache ------------------------------------------------------------------------
-@dataclass
-class LayerCache:
-    """What one layer keeps between decoding steps. `entries` are the per-token tensors its K/V
-    source (or the mixer) defines: DenseKV (K (B, g, S, hd) with RoPE applied, V); TiedKV (K
-    before RoPE,); LatentKV (latent (B, S, r),); Mixer (normalised inputs (B, S, d),); or none."""
-
-    entries: tuple[Tensor, ...] = ()
-    start: int = 0  # absolute position of the first kept entry (a window drops old ones)
-    conv: dict[str, Tensor] = field(default_factory=dict)  # last K-1 inputs per dconv
-
-    def per_token_tensors(self) -> list[Tensor]:
-        return list(self.entries)
-
-
-@dataclass
-class KVCache:
-    layers: list[LayerCache]
-    seen: int = 0  # tokens processed so far = absolute position of the next token
-
-    def nbytes(self) -> int:
-        """Bytes of the per-token cache tensors (K, V, latents, mixer inputs)."""
-        return sum(t.numel() * t.element_size() for lc in self.layers for t in lc.per_token_tensors())
-
-    def state_nbytes(self) -> int:
-        """Bytes of the fixed-size convolution state (does not grow with tokens)."""
-        return sum(t.numel() * t.element_size() for lc in self.layers for t in lc.conv.values())
-
-
-def _append(lc: LayerCache | None, new: tuple[Tensor, ...], dim: int) -> tuple[Tensor, ...]:
-    """The cached per-token tensors with `new` appended along the token axis `dim`, kept in lc."""
-    if lc is None:
-        return new
-    full = tuple(torch.cat([old, t], dim=dim) for old, t in zip(lc.entries, new, strict=True)) if lc.entries else new
-    lc.entries = full
-    return full
 
 
 # ---- building blocks ------------------------------------------------------------------
@@ -180,10 +142,12 @@ class KVSource(nn.Module):
 
 class ProjectedKV(KVSource):
     """K/V projected from the layer's own input. The cache rule in two steps: `new_entries` is
-    what the new tokens add to the cache (tensors along `token_dim`), `expand` rebuilds K and V
-    over all keys from the cached entries; a window then keeps only the last `window` entries."""
+    what the new tokens add to the cache (`n_entries` tensors along `token_dim`), `expand`
+    rebuilds K and V over all keys from the held entries; the cache keeps them (a window: the
+    last `window` of them)."""
 
     token_dim = 2  # the axis of the cached tensors that grows with tokens
+    n_entries = 1  # cached tensors per token
 
     def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
         raise NotImplementedError
@@ -191,26 +155,21 @@ class ProjectedKV(KVSource):
     def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict, shared: SharedKV | None) -> KV:
-        start = lc.start if lc is not None else 0  # before the window moves it below
-        entries = _append(lc, self.new_entries(x, pos, lc, conv), self.token_dim)
-        k_pos = torch.arange(start, start + entries[0].shape[self.token_dim], device=x.device)
-        k, v = self.expand(entries, k_pos)
-        if lc is not None:
-            self._trim(lc)
-        return KV(k, v, k_pos, start, k[:, :, -x.shape[1]:])
+    def cache_shapes(self, batch: int, slots: int) -> tuple[tuple[int, ...], ...]:
+        """The shape of each cached tensor for `slots` tokens."""
+        return ((batch, self.g, slots, self.spec.head_dim),) * self.n_entries
 
-    def _trim(self, lc: LayerCache) -> None:
-        total = lc.entries[0].shape[self.token_dim]
-        if self.window is None or total <= self.window:
-            return
-        drop = total - self.window
-        lc.entries = tuple(t.narrow(self.token_dim, drop, self.window) for t in lc.entries)
-        lc.start += drop
+    def forward(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict, shared: SharedKV | None) -> KV:
+        new = self.new_entries(x, pos, lc, conv)
+        held = lc.add(new, pos) if lc is not None else uncached(new, pos)
+        k, v = self.expand(held.entries, held.k_pos)
+        return KV(k, v, held.k_pos, held.k_first, k.narrow(2, held.new_at, x.shape[1]))
 
 
 class DenseKV(ProjectedKV):
     """K and V each projected (low-rank where the layer says); the cache keeps K after RoPE, and V."""
+
+    n_entries = 2
 
     def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
         super().__init__(spec, layer)
@@ -230,27 +189,32 @@ class DenseKV(ProjectedKV):
 
 
 class TiedKV(ProjectedKV):
-    """V is K: one projection. The cache holds K before RoPE and rotates it for the scores each
-    step: V must be the projection itself, not a position-rotated copy of it."""
+    """V is K: one projection, one cached tensor. With RoPE, V is either the projection itself
+    (the default): the cache holds K before RoPE and rotates every cached K for the scores at each
+    step, an extra pass over the cache; or, with the layer's `v_rotated`, the rotated K: the cache
+    holds K after RoPE and serves scores and values as they are."""
 
     def __init__(self, spec: ArchSpec, layer: LayerSpec) -> None:
         super().__init__(spec, layer)
         self.k = projection(spec.d_model, self.width, layer.qk_rank, spec.bias)
+        self.v_rotated = layer.v_rotated
 
     def conv_widths(self) -> dict[str, int]:
         return {"k": self.width}
 
     def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
-        return (_heads(_take(conv, "k", self.k(x), lc), self.g),)  # (B, g, T, hd)
+        k = _heads(_take(conv, "k", self.k(x), lc), self.g)  # (B, g, T, hd)
+        return (_rotate(self.spec, k, pos) if self.v_rotated else k,)
 
     def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        (k_raw,) = entries
-        return _rotate(self.spec, k_raw, k_pos), k_raw
+        (k,) = entries
+        return (k, k) if self.v_rotated else (_rotate(self.spec, k, k_pos), k)
 
 
 class LatentKV(ProjectedKV):
     """MLA-like latent KV: cache one latent (B, S, r) per token, expand K (and V, unless V is K)
-    from it every step."""
+    from it every step. Where V is K, `v_rotated` picks the rotated or the unrotated K, as for
+    TiedKV (the expansion runs every step either way)."""
 
     token_dim = 1
 
@@ -261,9 +225,13 @@ class LatentKV(ProjectedKV):
         self.kv_down = nn.Linear(spec.d_model, r, bias=spec.bias)
         self.k_up = nn.Linear(r, self.width, bias=spec.bias)
         self.v_up = None if layer.v_is_k else nn.Linear(r, self.width, bias=spec.bias)
+        self.v_rotated = layer.v_rotated
 
     def conv_widths(self) -> dict[str, int]:
         return {"latent": self.kv_down.out_features}
+
+    def cache_shapes(self, batch: int, slots: int) -> tuple[tuple[int, ...], ...]:
+        return ((batch, slots, self.kv_down.out_features),)
 
     def new_entries(self, x: Tensor, pos: Tensor, lc: LayerCache | None, conv: nn.ModuleDict) -> tuple[Tensor, ...]:
         return (_take(conv, "latent", self.kv_down(x), lc),)  # (B, T, r)
@@ -271,8 +239,10 @@ class LatentKV(ProjectedKV):
     def expand(self, entries: tuple[Tensor, ...], k_pos: Tensor) -> tuple[Tensor, Tensor]:
         (latent,) = entries
         k_raw = _heads(self.k_up(latent), self.g)  # (B, g, S, hd)
-        v = k_raw if self.v_up is None else _heads(self.v_up(latent), self.g)
-        return _rotate(self.spec, k_raw, k_pos), v
+        k = _rotate(self.spec, k_raw, k_pos)
+        if self.v_up is not None:
+            return k, _heads(self.v_up(latent), self.g)
+        return k, k if self.v_rotated else k_raw
 
 
 class BorrowedKV(KVSource):
@@ -354,6 +324,7 @@ class Mixer(nn.Module):
     dependent attention; causal through a lower-triangular mask. Valid for fixed-length inputs."""
 
     tril: Tensor  # (L, L) buffer, causal mixers only
+    token_dim = 1  # of its cached inputs (B, S, d)
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
@@ -370,7 +341,7 @@ class Mixer(nn.Module):
             raise ValueError(f"a bidirectional mixer layer needs inputs of exactly context={self.spec.context} tokens, got {T}")
         if torch.is_autocast_enabled(x.device.type):  # cache in the compute dtype, as K/V are
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        (xs,) = _append(lc, (x,), dim=1)  # (B, S, d): every earlier input is needed
+        (xs,) = lc.add((x,), pos).entries if lc is not None else (x,)  # (B, S, d): every earlier input
         S = xs.shape[1]
         start = S - T
         route = self.route[:, start:S, :S]  # (h, T, S)
@@ -379,6 +350,9 @@ class Mixer(nn.Module):
         heads = xs.view(B, S, self.h, self.hd).transpose(1, 2)  # (B, h, S, hd)
         y = torch.matmul(route.to(x.dtype), heads)  # (B, h, T, hd)
         return self.o(y.transpose(1, 2).reshape(B, T, d))
+
+    def cache_shapes(self, batch: int, slots: int) -> tuple[tuple[int, ...], ...]:
+        return ((batch, min(slots, self.spec.context), self.spec.d_model),)
 
 
 class MLP(nn.Module):
@@ -448,16 +422,39 @@ class Transformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def new_cache(self) -> KVCache:
+    def new_cache(self, batch: int | None = None, max_tokens: int | None = None, *,
+                  layout: CacheLayout = "static", dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for `batch` sequences of up to `max_tokens` tokens (default: the context).
+
+        The static layout allocates each layer's tensors here, once, in `dtype` (default: the
+        autocast dtype when autocast is on, else the parameters'); without a batch, at the first
+        forward, in the dtype it computes in. `layout="concat"` grows the cache by torch.cat instead
+        (the layout decoding had before, kept for comparison).
+        """
         if not self.spec.causal:
             raise ValueError("a bidirectional encoder (causal=false) has no incremental decoding")
-        return KVCache(layers=[LayerCache() for _ in self.spec.layers])
+        cache = KVCache(layers=[], max_tokens=max_tokens or self.spec.context, layout=layout)
+        if batch is not None:
+            self._fill_cache(cache, batch, dtype)
+        return cache
+
+    def _fill_cache(self, cache: KVCache, batch: int, dtype: torch.dtype | None) -> None:
+        device = self.tok.weight.device
+        if dtype is None:
+            on = torch.is_autocast_enabled(device.type)
+            dtype = torch.get_autocast_dtype(device.type) if on else self.tok.weight.dtype
+        owners = [(_cache_owner(block), layer.window) for block, layer in zip(self.blocks, self.spec.layers, strict=True)]
+        fill_cache(cache, owners, batch, device, dtype)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         T = idx.shape[1]  # idx: (B, T) token ids -> logits (B, T, vocab)
         start = cache.seen if cache is not None else 0
-        if cache is not None and not self.spec.causal:
-            raise ValueError("a bidirectional encoder (causal=false) cannot decode with a cache")
+        if cache is not None:
+            if not self.spec.causal:
+                raise ValueError("a bidirectional encoder (causal=false) cannot decode with a cache")
+            cache.check_room(start + T)
+            if not cache.layers:
+                self._fill_cache(cache, idx.shape[0], None)
         if self._fixed_length and start + T > self.spec.context:
             raise ValueError(
                 f"{start + T} tokens exceed context={self.spec.context}, the most that learned positions "
@@ -482,7 +479,7 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, idx: Tensor, n_new: int, *, use_cache: bool = True) -> Tensor:
         """Greedy decoding; with `use_cache` the prefix runs once and each step feeds one token."""
-        cache = self.new_cache() if use_cache else None
+        cache = self.new_cache(idx.shape[0], idx.shape[1] + n_new) if use_cache else None
         out, logits = idx, self(idx, cache)
         for step in range(n_new):
             nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
@@ -490,6 +487,13 @@ class Transformer(nn.Module):
             if step < n_new - 1:
                 logits = self(nxt, cache) if cache is not None else self(out)
         return out
+
+
+def _cache_owner(block: nn.Module) -> CacheOwner | None:
+    """The module whose per-token entries a layer caches: its projected K/V source or its mixer."""
+    mix = block.mix if isinstance(block, Block) else None
+    owner = mix.kv if isinstance(mix, Attention) else mix
+    return owner if isinstance(owner, (ProjectedKV, Mixer)) else None
 
 
 def build_model(spec: ArchSpec) -> Transformer:

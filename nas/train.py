@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from nas.data import Corpus, check_vocab, sample_batch, val_batches
@@ -81,10 +82,15 @@ class TrainSettings(Optimizer):
     eval_every: int = 0  # steps; 0 → about EVALS_PER_RUN evaluations
     eval_batches: int = 8
     device: str = "auto"  # "auto" → cuda when available, else cpu
+    # torch.compile the model; its compile time is TrainResult.compile_s, not in the throughput.
+    # Left out of a stored config while false, so studies stored before it continue unchanged.
+    compile: Annotated[bool, Field(exclude_if=lambda on: on is False)] = False
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("eval_every", 0), ("eval_batches", 1)):
             check_int(self, name, low)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile={self.compile!r} must be true or false")
         if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 1):
             raise ValueError(f"seq_len={self.seq_len!r} must be a positive integer, or None for the spec's context")
         super().__post_init__()
@@ -118,6 +124,8 @@ class TrainResult:
     diverged: bool
     reason: str | None
     device: str
+    # compile=true: the first step's time beyond an ordinary step's (torch.compile's work); None otherwise
+    compile_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -240,6 +248,12 @@ class _StepClock:
             self.seconds += elapsed
             self.steps += done - self._from
 
+    def compile_s(self) -> float | None:
+        """The first step's time beyond an ordinary step's: compilation, when the model compiles."""
+        if self.first_step_s is None or not self.steps:
+            return self.first_step_s
+        return max(0.0, self.first_step_s - self.seconds / self.steps)
+
     def tokens_per_s(self, tokens_per_step: int) -> float:
         if self.steps:
             return self.steps * tokens_per_step / self.seconds
@@ -281,6 +295,8 @@ def train(
     seq_len, steps = _plan(spec, corpus, budget)
     device = resolve_device(budget.device)
     model = seeded_model(spec, budget.seed).to(device)
+    if budget.compile:  # compiled at the first step, which the clock times apart
+        model = cast(nn.Module, torch.compile(model))
     run = _Run(model, corpus, budget, device, seq_len, steps)
     with _progress_bar(progress, steps, spec) as bar:
         reason = run.loop(bar, on_eval)
@@ -300,6 +316,7 @@ def train(
         diverged=reason is not None,
         reason=reason,
         device=str(device),
+        compile_s=run.clock.compile_s() if budget.compile else None,
     )
 
 

@@ -33,7 +33,7 @@ import nas.train
 from nas.config import StudyConfig, constraint_objective
 from nas.costs import costs
 from nas.data import Corpus, load_corpus
-from nas.engine.job import Report, no_report
+from nas.engine.job import OBJECTIVE_PREFIX, Report, TrialStopped, no_report
 from nas.measure.fingerprint import fingerprint
 from objectives import get_objective, probe_task, stability_report
 from search_spaces.spec import ArchSpec
@@ -81,6 +81,8 @@ def run_trial(spec: ArchSpec, config: StudyConfig, *, seed: int, report: Report 
     trial = _Trial(spec, config, seed, report)
     try:
         return trial.run()
+    except TrialStopped:  # the engine's scheduler stopped it at a rung: not a failure
+        raise
     except Exception as err:  # a trial's own failure must not stop the study
         return trial.failed(_describe(err), traceback.format_exc(limit=-8))
 
@@ -164,7 +166,14 @@ class _Trial:
         self.fields["probes"] = self.parts["probes"]
 
     def _report(self, point: dict[str, Any]) -> None:
+        """A learning-curve point, with the value of every objective already known (costs and
+        measurements do not change with the budget: a rung ranks on them and the loss)."""
         metrics = {k: float(v) for k, v in point.items() if k != "step" and isinstance(v, (int, float))}
+        have = self._have() - {"train"}
+        for name in self.config.objectives:
+            objective = get_objective(name)
+            if objective.needs <= have:
+                metrics[f"{OBJECTIVE_PREFIX}{name}"] = float(objective.value(self.parts))
         self.report(int(point["step"]), metrics)
 
     # ---- constraints ----------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from search_spaces.base import BaseDims, SearchSpace, Trial
+from search_spaces.base import BaseDims, FixedChoices, SearchSpace, Trial, enumerate_designs
 from search_spaces.full import FullSpace
 from search_spaces.paper import PaperSpace
 from search_spaces.per_layer import PerLayerSpace
@@ -44,6 +44,6 @@ def _check_base(space: Any) -> None:
 
 
 __all__ = [
-    "ArchSpec", "BaseDims", "FullSpace", "LayerSpec", "PaperSpace", "PerLayerSpace", "SPACES",
-    "SearchSpace", "Trial", "get_space", "uniform", "variant",
+    "ArchSpec", "BaseDims", "FixedChoices", "FullSpace", "LayerSpec", "PaperSpace", "PerLayerSpace", "SPACES",
+    "SearchSpace", "Trial", "enumerate_designs", "get_space", "uniform", "variant",
 ]

@@ -40,6 +40,11 @@ class SearchSpace(Protocol):
 
     def sample(self, trial: Trial) -> ArchSpec: ...
 
+    def grid(self) -> list[dict[str, Any]]:
+        """Every choice of parameters, as a sampler would make them; a space that is not
+        finite raises ValueError saying so."""
+        ...
+
     @property
     def options(self) -> dict[str, Any]: ...
 
@@ -56,6 +61,40 @@ def kv_heads_for(n_heads: int, choice: str) -> int:
     raise ValueError(f"kv sharing {choice!r} is not known; use 'mha', 'gqa<G>' or 'mqa'")
 
 
+class FixedChoices:
+    """A trial whose answers are given: ``space.sample(FixedChoices(params))`` is the design a
+    sampler that chose ``params`` gets (how a finite space lists its designs)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        value = self.params[name]
+        if value not in list(choices):
+            raise ValueError(f"parameter {name}={value!r} is not one of the space's choices {list(choices)}")
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        value = int(self.params[name])
+        if not low <= value <= high:
+            raise ValueError(f"parameter {name}={value} is outside the space's range [{low}, {high}]")
+        return value
+
+
+def enumerate_designs(space: SearchSpace) -> list[tuple[dict[str, Any], ArchSpec]]:
+    """Every distinct design of a finite space, with the first parameters that give it, in the
+    order of ``space.grid()``. Two parameter choices that build the same model (e.g. gqa2 and
+    mha with two heads) are one design."""
+    seen: set[str] = set()
+    out = []
+    for params in space.grid():
+        spec = space.sample(FixedChoices(params))
+        if spec.hash not in seen:
+            seen.add(spec.hash)
+            out.append((params, spec))
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProjKVSpace:
     """The paper's two choices, a projection mode and a K/V sharing, over a base model; spaces
@@ -69,6 +108,9 @@ class ProjKVSpace:
         proj = trial.suggest_categorical(f"proj{suffix}", list(self.projs))
         kv = trial.suggest_categorical(f"kv_sharing{suffix}", list(self.kv_sharing))
         return LayerSpec(proj=proj, n_kv_heads=kv_heads_for(self.base.n_heads, kv))
+
+    def layer_choices(self, suffix: str = "") -> list[dict[str, Any]]:
+        return [{f"proj{suffix}": p, f"kv_sharing{suffix}": k} for p in self.projs for k in self.kv_sharing]
 
     @property
     def options(self) -> dict[str, Any]:

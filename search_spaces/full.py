@@ -27,6 +27,10 @@ class FullSpace:
     rank_fractions: tuple[float, ...] = (0.25, 0.5)  # of d_model, for low rank and latent KV
     windows: tuple[int, ...] = (16, 32)
 
+    def grid(self) -> list[dict[str, Any]]:
+        raise ValueError("space 'full' is not finite enough to list (depth, ranks, windows and cross-layer reuse "
+                         "multiply to millions of designs); tabulate the 'paper' or 'per_layer' space")
+
     def sample(self, trial: Trial) -> ArchSpec:
         d_model = trial.suggest_categorical("d_model", list(self.d_models))
         n_heads = trial.suggest_categorical("n_heads", list(self.n_heads))

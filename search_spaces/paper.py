@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from search_spaces.base import ProjKVSpace, Trial
 from search_spaces.spec import ArchSpec
@@ -13,3 +14,6 @@ class PaperSpace(ProjKVSpace):
 
     def sample(self, trial: Trial) -> ArchSpec:
         return self.base.spec([self.sample_layer(trial)] * self.base.n_layers)
+
+    def grid(self) -> list[dict[str, Any]]:
+        return self.layer_choices()

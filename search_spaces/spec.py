@@ -43,6 +43,10 @@ class LayerSpec:
     asym_pos: bool = False  # the paper's 2D positional term for symmetric scores
     dconv: bool = False  # Primer-EZ depthwise causal conv after each projection
     window: int | None = None  # sliding-window attention over this many tokens
+    # Where V is K (q_kv, qkv_single) with pos='rope': V is the rotated K (true: one cached tensor
+    # serves scores and values, nothing extra per step) or the projection before RoPE (false, the
+    # default: every design written before this field keeps its meaning, JSON and hash).
+    v_rotated: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("attn", self.attn, ATTN_KINDS)
@@ -51,7 +55,7 @@ class LayerSpec:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"{name}={value!r} must be an integer or null")
-        for name in ("asym_pos", "dconv"):
+        for name in ("asym_pos", "dconv", "v_rotated"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
 
@@ -118,7 +122,7 @@ class ArchSpec(ModelDims):
     # ---- serialisation -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["layers"] = [dataclasses.asdict(layer) for layer in self.layers]
+        out["layers"] = [_layer_dict(layer) for layer in self.layers]
         return out
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -190,7 +194,7 @@ class ArchSpec(ModelDims):
             extras = [
                 name for name in ("qk_rank", "v_rank", "kv_latent", "kv_from", "window")
                 if getattr(layer, name) is not None
-            ] + [name for name in ("asym_pos", "dconv") if getattr(layer, name)]
+            ] + [name for name in ("asym_pos", "dconv", "v_rotated") if getattr(layer, name)]
             if extras:
                 raise ValueError(
                     f"{where}: attn={layer.attn!r} has no attention, so {', '.join(extras)} do not apply; "
@@ -222,6 +226,11 @@ class ArchSpec(ModelDims):
                 raise ValueError(f"{where}.window={layer.window} must be at least 1, or null for full attention")
             if not self.causal:
                 raise ValueError(f"{where}.window is for causal models; set window to null or causal=true")
+        if layer.v_rotated and (not layer.v_is_k or self.pos != "rope"):
+            raise ValueError(
+                f"{where}.v_rotated chooses the rotated K as V, so it needs V tied to K (proj 'q_kv' or "
+                f"'qkv_single', not {layer.proj!r}) and pos='rope' (not {self.pos!r}); set it to false"
+            )
         if layer.asym_pos and not layer.symmetric:
             raise ValueError(
                 f"{where}.asym_pos restores asymmetry to a symmetric score: use it with proj 'qk_v' or "
@@ -254,6 +263,13 @@ class ArchSpec(ModelDims):
             raise ValueError(f"{where}: window={layer.window} must match layer {j}'s window={src.window}")
         if layer.dconv:
             raise ValueError(f"{where}: dconv convolves this layer's own K/V, which it does not have; set dconv false")
+
+
+def _layer_dict(layer: LayerSpec) -> dict[str, Any]:
+    out = dataclasses.asdict(layer)
+    if not out["v_rotated"]:  # left out at its default, so that older designs keep their JSON and hash
+        del out["v_rotated"]
+    return out
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -29,3 +29,10 @@ def test_fail_trial_sets_attrs_and_state_once() -> None:
     failed = study.trials[0]
     assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == "gone"
     assert not compat.fail_trial(study, failed, {"reason": "again"})  # already finished: refused, not raised
+
+
+def test_optunas_hypervolume_is_reachable_and_right() -> None:
+    # By hand, against (2, 2): (1, 0) dominates [1,2]x[0,2], area 2; (0, 1) dominates
+    # [0,2]x[1,2], area 2; they overlap in [1,2]x[1,2], area 1: 3 in all.
+    assert compat.hypervolume([[1.0, 0.0], [0.0, 1.0]], [2.0, 2.0]) == 3.0
+    assert compat.hypervolume([[3.0, 0.0]], [2.0, 2.0]) == 0.0  # beyond the reference: nothing

@@ -17,12 +17,13 @@ from nas.config.loader import (
 )
 from nas.config.shape import ModelShape, ModelStyle
 from nas.config.study import (
-    SAMPLERS, ProbeConfig, RayConfig, ResourcesConfig, SamplerConfig, SpaceConfig, StudyConfig, constraint_objective, load_config,
+    SAMPLERS, FidelityConfig, ProbeConfig, RayConfig, ResourcesConfig, SamplerConfig, SpaceConfig, StudyConfig,
+    constraint_objective, load_config,
 )
 from nas.train import Optimizer
 
 __all__ = [
-    "KIND_NOUNS", "PRESET_DIR", "SAMPLERS", "Kind", "ModelShape", "ModelStyle", "Optimizer", "ProbeConfig",
+    "KIND_NOUNS", "PRESET_DIR", "SAMPLERS", "FidelityConfig", "Kind", "ModelShape", "ModelStyle", "Optimizer", "ProbeConfig",
     "RayConfig", "ResourcesConfig", "SamplerConfig", "Section", "SpaceConfig", "StudyConfig", "apply_override",
     "config_path", "constraint_objective", "format_errors", "known_keys", "load_config", "load_raw", "parse_value",
     "preset_kind", "presets", "read_toml", "validate",

@@ -1,7 +1,7 @@
 """Reading config files: a TOML path or a shipped preset, with ``--set key.path=value`` overrides.
 
 Presets are the TOML files in ``nas/presets/``; each says what it is with its ``kind`` field
-(``"study"``, ``"ladder"`` or ``"probe_suite"``), and nothing else (not its name) decides which
+(``"study"``, ``"ladder"``, ``"probe_suite"`` or ``"table"``), and nothing else (not its name) decides which
 command reads it.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-Kind = Literal["study", "ladder", "probe_suite"]
-KIND_NOUNS: dict[str, str] = {"study": "study", "ladder": "ladder", "probe_suite": "probe suite"}
+Kind = Literal["study", "ladder", "probe_suite", "table"]
+KIND_NOUNS: dict[str, str] = {"study": "study", "ladder": "ladder", "probe_suite": "probe suite", "table": "table"}
 
 
 def presets(kind: Kind = "study") -> list[str]:

@@ -45,3 +45,26 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
     return True
+
+
+def hypervolume(points: Any, reference: Any) -> float:
+    """Optuna's own hypervolume (``optuna._hypervolume.compute_hypervolume``, the code its
+    samplers and ``plot_hypervolume_history`` use) of minimisation ``points`` (n, m) against
+    ``reference`` (m,). Points that do not dominate the reference add nothing."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = np.asarray(points, dtype=float).reshape(-1, len(reference))
+    ref = np.asarray(reference, dtype=float)
+    pts = pts[np.all(pts < ref, axis=1)]
+    return float(compute_hypervolume(pts, ref)) if len(pts) else 0.0
+
+
+def set_metric_names(study: optuna.Study, names: list[str]) -> None:
+    """Name the objectives (what optuna-dashboard and ``optuna best-trials`` show): marked
+    experimental since Optuna 3.2, stable in practice, so its warning is silenced here once."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)

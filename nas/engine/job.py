@@ -21,8 +21,16 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from nas.engine.record import tell_record
+from nas.engine.rungs import RungPlan
 
 Report = Callable[[int, dict[str, float]], None]
+OBJECTIVE_PREFIX = "objective:"  # a report's metric carrying an objective's value (known before training ends)
+
+
+class TrialStopped(Exception):
+    """Raised out of a trial's ``report`` when the engine's scheduler stops it at a rung; the
+    job lets it through (it is no failure of the design) and the engine records the trial as
+    PRUNED."""
 Payload = dict[str, Any]
 Record = dict[str, Any]
 
@@ -82,6 +90,9 @@ class Job(Protocol):
     def tell(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:
         """Store the record in the trial and tell Optuna."""
 
+    def rung_plan(self) -> RungPlan | None:
+        """Rungs at which the engine may stop a trial early; None: every trial runs to the end."""
+
     def outcome(self, study: optuna.Study, trial: FrozenTrial) -> str:
         """One progress line about a finished trial."""
 
@@ -96,6 +107,10 @@ class BaseJob:
     """Defaults for the optional parts of a job."""
 
     def prepare(self, study: optuna.Study) -> None:
+        return None
+
+    def rung_plan(self) -> RungPlan | None:
+        """Rungs at which the engine may stop a trial early (nas/engine/rungs.py); None: never."""
         return None
 
     def tell(self, study: optuna.Study, trial: optuna.Trial, record: Record) -> None:

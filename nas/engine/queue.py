@@ -3,12 +3,13 @@ with fixed parameters, and a rerun enqueues only what has no settled trial yet."
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.engine.compat import fail_trial
+from nas.engine.job import BaseJob
 from nas.engine.record import ATTR_ERROR, ATTR_REASON, is_stale
 
 K = TypeVar("K", bound=Hashable)
@@ -44,3 +45,45 @@ def finished_keys(study: optuna.Study, key_of: Callable[[FrozenTrial], K | None]
     """Keys with a settled, finished trial."""
     states = (TrialState.COMPLETE, TrialState.FAIL)
     return {key_of(t) for t in study.get_trials(deepcopy=False, states=states) if is_settled(t)}
+
+
+class FixedTrialsJob(BaseJob):
+    """A job whose trials are known in advance (a ladder's grid, a suite's runs, a table's
+    designs × seeds): each is enqueued with fixed parameters under a key, and the engine's
+    rounds pop the queue. Subclasses say what is wanted and how to read a trial's key."""
+
+    what: ClassVar[str] = "grid"  # for the reason given to a queued trial no longer wanted
+
+    def wanted(self) -> Mapping[Hashable, dict[str, Any]]:
+        """key → the Optuna parameters of its trial."""
+        raise NotImplementedError
+
+    def key_of(self, trial: FrozenTrial) -> Hashable | None:
+        raise NotImplementedError
+
+    def queue_attrs(self, key: Hashable) -> dict[str, Any]:
+        """User attributes of a queued trial (readable before it runs)."""
+        return {}
+
+    def prepare(self, study: optuna.Study) -> None:
+        queue_missing(study, self.wanted(), self.key_of, what=self.what, user_attrs=self.queue_attrs)
+
+    def remaining(self, study: optuna.Study) -> int:
+        return len(waiting_keys(study, self.key_of) & set(self.wanted()))
+
+    def progress(self, study: optuna.Study) -> tuple[int, int]:
+        wanted = self.wanted()
+        return len(finished_keys(study, self.key_of) & set(wanted)), len(wanted)
+
+
+def results_by_key(study: optuna.Study, key_of: Callable[[FrozenTrial], K | None]) -> dict[K, FrozenTrial]:
+    """The trial that is each key's result: its first COMPLETE trial, else its last failed one
+    (an error retried later gives way to the retry); interruptions are never results."""
+    chosen: dict[K, FrozenTrial] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        key = key_of(t)
+        if key is None or t.state not in (TrialState.COMPLETE, TrialState.FAIL) or is_stale(t):
+            continue
+        if key not in chosen or chosen[key].state != TrialState.COMPLETE:
+            chosen[key] = t
+    return chosen

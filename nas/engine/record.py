@@ -8,12 +8,13 @@ probe suites send the same shape).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from nas.common import jsonable
 
 ATTR_CONFIG = "config"
 ATTR_WORKER = "worker"
@@ -48,20 +49,10 @@ def tell_record(study: optuna.Study, trial: optuna.Trial, record: dict[str, Any]
 
 def trial_attrs(record: dict[str, Any]) -> dict[str, Any]:
     """The user attributes of a finished trial, JSON-able (±inf written as strings)."""
-    return {key: _jsonable(value) for key, value in record.items() if key not in ("values", "constraints")} | {
-        "objective_values": _jsonable(record["values"]),
-        "constraint_values": _jsonable(record["constraints"]),
+    return {key: jsonable(value) for key, value in record.items() if key not in ("values", "constraints")} | {
+        "objective_values": jsonable(record["values"]),
+        "constraint_values": jsonable(record["constraints"]),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # ---- what the trials add up to ------------------------------------------------------------
@@ -74,9 +65,10 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def count_done(study: optuna.Study) -> int:
-    """Trials that count towards the target: COMPLETE ones, and FAIL ones that failed on their
-    own (raised, diverged, out of memory). Trials failed because their worker died do not."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    """Trials that count towards the target: COMPLETE ones, PRUNED ones (stopped early at a
+    rung: evaluated, at a lower fidelity), and FAIL ones that failed on their own (raised,
+    diverged, out of memory). Trials failed because their worker died do not."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return sum(1 for t in trials if not is_stale(t))
 
 
@@ -92,10 +84,11 @@ class Counts:
     stale: int
     running: int
     waiting: int
+    pruned: int = 0  # stopped early at a rung
 
     @property
     def done(self) -> int:
-        return self.complete + self.failed
+        return self.complete + self.pruned + self.failed
 
 
 def counts(study: optuna.Study) -> Counts:
@@ -109,6 +102,7 @@ def counts(study: optuna.Study) -> Counts:
         stale=sum(1 for t in fail if is_stale(t)),
         running=sum(1 for t in trials if t.state == TrialState.RUNNING),
         waiting=sum(1 for t in trials if t.state == TrialState.WAITING),
+        pruned=sum(1 for t in trials if t.state == TrialState.PRUNED),
     )
 
 

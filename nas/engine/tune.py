@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from nas.engine import compat
 from nas.engine.recovery import release_own_trials, worker_identity
+from nas.engine.rungs import Decision, RungScheduler
+from nas.engine.stopping import TrialRungs, prune, restored_scheduler
 from nas.engine.trials import RAY_ERROR, finish_trial, start_trial
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ for _key, _value in _RAY_ENV.items():
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 PAYLOAD_KEY = "qkvnas_payload"
@@ -137,6 +141,13 @@ class _Driver:
     worker: dict[str, Any] = field(default_factory=worker_identity)
     trials: dict[str, optuna.Trial] = field(default_factory=dict)
     told: set[str] = field(default_factory=set)
+    scheduler: RungScheduler | None = None  # the job's rungs, if it has any
+    rungs: dict[str, TrialRungs] = field(default_factory=dict)
+    stopped: dict[str, Decision] = field(default_factory=dict)  # trials the rungs stopped
+
+    def __post_init__(self) -> None:
+        plan = self.job.rung_plan()
+        self.scheduler = restored_scheduler(plan, self.study) if plan else None
 
 
 _DRIVERS: dict[str, _Driver] = {}
@@ -161,16 +172,23 @@ class EngineSearch(Searcher):
             return Searcher.FINISHED
         trial, payload = start_trial(d.job, d.study, d.worker)
         d.trials[trial_id] = trial
+        plan = d.job.rung_plan()
+        if plan and d.scheduler:
+            d.rungs[trial_id] = TrialRungs(plan, d.scheduler, trial)
         return {PAYLOAD_KEY: json.dumps(payload)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        return  # intermediate reports: nothing acts on them yet
+        return  # intermediate reports go to EngineScheduler, which may stop the trial
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         d = _DRIVERS[self.key]
         if trial_id in d.told or trial_id not in d.trials:
             return
         d.told.add(trial_id)
+        if trial_id in d.stopped:
+            prune(d.study, d.rungs[trial_id], d.stopped[trial_id])
+            d.progress.trial_finished(compat.frozen(d.study, d.trials[trial_id]))
+            return
         record = json.loads(result[RECORD_KEY]) if result and RECORD_KEY in result else None
         told = finish_trial(d.job, d.study, d.trials[trial_id], record, error=RAY_ERROR if error else None)
         if told is not None:
@@ -181,6 +199,27 @@ class EngineSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         raise RuntimeError("a qkvnas run resumes from its storage: run it again, not Tuner.restore")
+
+
+class EngineScheduler(FIFOScheduler):
+    """Ray Tune's scheduler contract over the job's rungs: each intermediate report is ranked
+    at the rung it reaches (nas/engine/stopping.py), and a trial outside the top 1/η stops.
+    Asynchronous: a decision never waits for other trials."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        d = _DRIVERS[self.key]
+        rungs = d.rungs.get(trial.trial_id)
+        if STEP_KEY not in result or rungs is None:
+            return TrialScheduler.CONTINUE
+        decision = rungs.on_report(result)
+        if decision is not None and not decision.keep:
+            d.stopped[trial.trial_id] = decision
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
 
 # ---- the trainable (runs in a Ray actor) ------------------------------------------------
@@ -207,7 +246,7 @@ def run_round(job: Job, study: optuna.Study, n_trials: int, progress: Progress, 
     trainable = tune.with_resources(tune.with_parameters(_trainable, job=job), trial_resources(job.resources))
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=EngineSearch(key), num_samples=n_trials,
+        tune_config=tune.TuneConfig(search_alg=EngineSearch(key), scheduler=EngineScheduler(key), num_samples=n_trials,
                                     reuse_actors=True, max_concurrent_trials=job.resources.max_concurrent),
         run_config=tune.RunConfig(name=f"{job.name}-{int(time.time())}", storage_path=scratch, verbose=0),
     )

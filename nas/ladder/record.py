@@ -3,14 +3,14 @@ parameters), checked on resume so that runs that cannot be compared are never mi
 from __future__ import annotations
 
 import json
-import warnings
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from nas.engine.compat import fixed_params
+from nas.engine.compat import fixed_params, set_metric_names
 from nas.engine.queue import queue_missing, waiting_keys
 from nas.engine.storage import open_storage
 from nas.ladder.config import TPP_RANGE, LadderConfig
@@ -37,9 +37,7 @@ def open_ladder(config: LadderConfig, storage: BaseStorage | None = None) -> opt
         return study
     study = optuna.create_study(study_name=config.name, storage=storage, direction="minimize",
                                 sampler=optuna.samplers.RandomSampler())
-    with warnings.catch_warnings():  # experimental in Optuna 4 and 5, and what dashboards read
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([OBJECTIVE])
+    set_metric_names(study, [OBJECTIVE])
     study.set_user_attr(ATTR_LADDER, json.loads(config.to_json()))
     return study
 
@@ -84,7 +82,7 @@ def waiting_points(study: optuna.Study, points: list[Point]) -> list[Point]:
     return [p for p in points if p.key in waiting]
 
 
-def suggest_point(trial: Any, by_key: dict[tuple, Point]) -> Point:
+def suggest_point(trial: Any, by_key: Mapping[Hashable, Point]) -> Point:
     """Read a trial's point through Optuna's suggest API (an enqueued trial returns its fixed
     values), so the parameters are stored with their distributions."""
     lo, hi = PARAM_RANGES["design_id"]

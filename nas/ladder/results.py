@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 from nas.common import atomic_write
 from nas.ladder.config import LadderConfig
 from nas.ladder.record import ATTR_POINT, trial_key
-from nas.study import ATTR_REASON, ATTR_STALE
+from nas.engine.queue import results_by_key
+from nas.study import ATTR_REASON
 from search_spaces.spec import ArchSpec
 
 RESULTS_FILE = "ladder.parquet"
@@ -28,15 +29,7 @@ def result_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per point that finished (interruptions left out): the point, the final and curve
     losses, the hardware figures. A point's result is its first COMPLETE trial, else its last
     failed one (an error retried later gives way to the retry)."""
-    chosen: dict[tuple | None, FrozenTrial] = {}
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state not in (TrialState.COMPLETE, TrialState.FAIL) or t.user_attrs.get(ATTR_STALE):
-            continue
-        if "design" not in t.user_attrs:
-            continue
-        key = trial_key(t)
-        if key not in chosen or chosen[key].state != TrialState.COMPLETE:
-            chosen[key] = t
+    chosen = results_by_key(study, lambda t: trial_key(t) if "design" in t.user_attrs else None)
     return [_row(t) for t in sorted(chosen.values(), key=lambda t: t.number)]
 
 

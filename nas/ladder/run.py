@@ -7,7 +7,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, ClassVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -15,13 +16,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import engine
 from nas.config import StudyConfig
-from nas.engine.job import BaseJob, Payload, Record, Report, Resources, no_report
-from nas.engine.queue import finished_keys
+from nas.engine.job import Payload, Record, Report, Resources, no_report
+from nas.engine.queue import FixedTrialsJob
 from nas.engine.record import ATTR_REASON, is_stale
 from nas.engine.storage import SQLiteLock
 from nas.ladder.config import LadderConfig, save_config_file
 from nas.ladder.grid import Point, grid
-from nas.ladder.record import ATTR_POINT, open_ladder, point_attrs, queue_pending, suggest_point, trial_key, waiting_points
+from nas.ladder.record import ATTR_POINT, open_ladder, point_attrs, suggest_point, trial_key
 from nas.ladder.results import result_rows, write_results
 from nas.train import TrainBudget
 from search_spaces.spec import ArchSpec
@@ -54,7 +55,7 @@ def run_point(point: Point, config: LadderConfig, report: Report = no_report) ->
 
 # ---- the ladder as a job of the engine ------------------------------------------------------
 @dataclass(frozen=True)
-class LadderJob(BaseJob):
+class LadderJob(FixedTrialsJob):
     """A fixed grid: every point without a settled trial is enqueued before the run, and the
     engine's rounds pop the queue (a kill loses no finished point)."""
 
@@ -73,21 +74,27 @@ class LadderJob(BaseJob):
     def resources(self) -> Resources:
         return Resources.of(self.config.resources, self.config.ray)
 
+    what: ClassVar[str] = "ladder's grid"
+
     @functools.cached_property
-    def by_key(self) -> dict[tuple, Point]:
+    def by_key(self) -> dict[Hashable, Point]:
         return {p.key: p for p in self.points}
+
+    @functools.cached_property
+    def _wanted(self) -> dict[Hashable, dict[str, Any]]:
+        return {key: p.params_dict for key, p in self.by_key.items()}
+
+    def wanted(self) -> dict[Hashable, dict[str, Any]]:
+        return self._wanted
+
+    def key_of(self, trial: FrozenTrial) -> Hashable | None:
+        return trial_key(trial)
+
+    def queue_attrs(self, key: Hashable) -> dict[str, Any]:
+        return {ATTR_POINT: self.by_key[key].label}
 
     def open_study(self, storage: BaseStorage) -> optuna.Study:
         return open_ladder(self.config, storage)
-
-    def prepare(self, study: optuna.Study) -> None:
-        queue_pending(study, list(self.points))
-
-    def remaining(self, study: optuna.Study) -> int:
-        return len(waiting_points(study, list(self.points)))
-
-    def progress(self, study: optuna.Study) -> tuple[int, int]:
-        return len(finished_keys(study, trial_key) & set(self.by_key)), len(self.points)
 
     def suggest(self, trial: optuna.Trial) -> Payload:
         point = suggest_point(trial, self.by_key)

@@ -18,13 +18,19 @@ The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`
   machine whose speed drifts. `machine_speed`: those reference rates over the calibrated one.
 - `prefill_tokens_per_s`: prompt tokens per second of one forward over decode_batch x C tokens
   that fills a fresh cache; `decode_tokens_per_s`: tokens per second of greedy one-token steps
-  with the KV cache, which holds C tokens at the end.
+  with the KV cache (preallocated for C tokens, written in place: nas/kv_cache.py), which holds
+  C tokens at the end.
 - `peak_memory_mb`: peak growth over two training steps of a fresh model (parameters, gradients,
   optimizer state, activations): CUDA `max_memory_allocated`, CPU VmHWM, over the baseline.
 - `decode_memory_mb`: what the process still holds after prefill + decode at the first context
   (the cache, as allocated); `decode_peak_memory_mb`: the peak growth during them.
 - `kv_cache_bytes`: `cache.nbytes()` after decoding, beside `kv_cache_bytes_analytic`
   (`nas.costs.kv_cache_bytes` in the dtype the cache is computed in) and `kv_cache_bytes_match`.
+- `decode_roofline_tokens_per_s`: the tokens/s this machine allows those decode steps
+  (nas/measure/roofline.py): each must read its weights and the cached entries it attends to
+  (`nas.costs.decode_step_bytes`, in the cache's dtype) and do its FLOPs, at the node's calibrated
+  copy bandwidth (`memory_bandwidth_bytes_per_s`) and matmul peak (`roofline_peak_flops_per_s`);
+  `decode_roofline_frac`: the measured median over it.
 - `energy_j_per_token`: NVML total energy of the whole device over the timed training calls
   (idle power included) per token; `decode_energy_j_per_token` likewise for decoding.
 - `mfu`: `costs.flops_per_token` x training tokens/s / `peak_flops_per_s`, per repeat, where the
@@ -32,8 +38,8 @@ The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`
 
 The package, one module per part of the protocol: `settings` (MeasureSettings), `timing`
 (Stat, time_calls), `memory`, `lock` (the per-node lock), `decoding`, `result` (Measurement),
-`protocol` (measure), `reference` (the reference kernels and the node's calibration) and
-`fingerprint` (the machine, NVML).
+`protocol` (measure), `reference` (the reference kernels and the node's calibration), `roofline`
+(the decode roofline) and `fingerprint` (the machine, NVML).
 """
 from __future__ import annotations
 
@@ -41,11 +47,13 @@ from nas.measure.decoding import DecodeState, decode, decode_steps_for, measure_
 from nas.measure.lock import LOCK_FILE, lock_path, measurement_lock, node_lock
 from nas.measure.protocol import measure
 from nas.measure.result import Measurement
+from nas.measure.roofline import Machine, decode_roofline_tokens_per_s, decode_step_s
 from nas.measure.settings import AUTOCAST, PHASES, SDPA_BACKENDS, MeasureSettings
 from nas.measure.timing import Stat, Timing, coefficient_of_variation, time_calls
 
 __all__ = [
-    "AUTOCAST", "LOCK_FILE", "PHASES", "SDPA_BACKENDS", "DecodeState", "MeasureSettings", "Measurement", "Stat",
-    "Timing", "coefficient_of_variation", "decode", "decode_steps_for", "lock_path", "measure", "measure_decode",
-    "measurement_lock", "node_lock", "start_decode", "time_calls",
+    "AUTOCAST", "LOCK_FILE", "PHASES", "SDPA_BACKENDS", "DecodeState", "Machine", "MeasureSettings", "Measurement",
+    "Stat", "Timing", "coefficient_of_variation", "decode", "decode_roofline_tokens_per_s", "decode_step_s",
+    "decode_steps_for", "lock_path", "measure", "measure_decode", "measurement_lock", "node_lock", "start_decode",
+    "time_calls",
 ]

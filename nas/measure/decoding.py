@@ -11,19 +11,22 @@ from torch import Tensor
 from nas.measure.timing import Stat, Timing, time_calls
 
 if TYPE_CHECKING:  # nas.model is imported where a model is built, not with this module
+    from nas.kv_cache import CacheLayout
     from nas.model import Transformer
 
 
 @dataclass
 class DecodeState:
-    cache: Any  # nas.model.KVCache, or None when every step recomputes the prefix
+    cache: Any  # nas.kv_cache.KVCache, or None when every step recomputes the prefix
     tokens: Tensor  # (B, S) tokens so far (only grown without a cache)
     nxt: Tensor  # (B, 1) the token to feed next
 
 
-def start_decode(model: Transformer, prefix: Tensor, *, use_cache: bool) -> DecodeState:
-    """Run the prefix once (the prefill) and pick the first token greedily."""
-    cache = model.new_cache() if use_cache else None
+def start_decode(model: Transformer, prefix: Tensor, *, use_cache: bool, max_tokens: int | None = None,
+                 layout: CacheLayout = "static") -> DecodeState:
+    """Run the prefix once (the prefill) and pick the first token greedily. The cache is made for
+    `max_tokens` tokens (default: the model's context) in `layout` (nas/kv_cache.py)."""
+    cache = model.new_cache(prefix.shape[0], max_tokens, layout=layout) if use_cache else None
     logits = model(prefix, cache)  # (B, P, V)
     return DecodeState(cache=cache, tokens=prefix, nxt=logits[:, -1].argmax(-1, keepdim=True))
 
@@ -51,6 +54,7 @@ def measure_decode(
     batch: int = 1,
     decode_tokens: int = 32,
     use_cache: bool = True,
+    layout: CacheLayout = "static",
     device: torch.device | str = "cpu",
     warmup: int = 1,
     repeats: int = 3,
@@ -60,7 +64,8 @@ def measure_decode(
     reference: Callable[[], float] | None = None,
 ) -> tuple[Stat, Timing, DecodeState]:
     """Decode tokens/s at `context`: the prefix (context - n tokens) runs untimed, then n greedy
-    steps are timed, so the cache holds `context` tokens at the end. Returns the last state."""
+    steps are timed, so the cache (made for `context` tokens, in `layout`) holds `context` tokens
+    at the end. Returns the last state."""
     device = torch.device(device)
     n = decode_steps_for(context, decode_tokens)
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +74,7 @@ def measure_decode(
 
     def prepare() -> None:
         box.pop("state", None)  # free the last cache before the next prefill
-        box["state"] = start_decode(model, prefix, use_cache=use_cache)
+        box["state"] = start_decode(model, prefix, use_cache=use_cache, max_tokens=context, layout=layout)
 
     with torch.no_grad():
         timing = time_calls(lambda: decode(model, box["state"], n), device=device, warmup=warmup, repeats=repeats,

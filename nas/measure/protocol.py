@@ -21,8 +21,9 @@ from nas.measure.decoding import DecodeState, decode, decode_steps_for, measure_
 from nas.measure.fingerprint import MB, Nvml, fingerprint
 from nas.measure.lock import lock_path, measurement_lock
 from nas.measure.memory import _CpuMemory, _CudaMemory, _memory_for
-from nas.measure.reference import Reference, calibrated_rate, reference, sample
+from nas.measure.reference import Reference, calibrated_rate, memory_bandwidth, reference, sample
 from nas.measure.result import Measurement
+from nas.measure.roofline import Machine, decode_roofline_tokens_per_s
 from nas.measure.settings import AUTOCAST, MeasureSettings
 from nas.measure.timing import Stat, Timing, time_calls
 from search_spaces.spec import ArchSpec
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # nas.model is imported where a model is built, not with this
 _TIMED = ("prefill_tokens_per_s", "prefill_tokens_per_s_corrected", "decode_tokens_per_s",
           "decode_tokens_per_s_corrected")  # figures stored with their spread
 _DECODE_FIGURES = ("decode_tokens_per_s", "decode_tokens_per_s_corrected", "decode_energy_j_per_token",
+                   "decode_roofline_tokens_per_s", "decode_roofline_frac",
                    "kv_cache_bytes", "kv_cache_bytes_analytic", "kv_cache_bytes_match")
 
 
@@ -47,13 +49,16 @@ def measure(spec: ArchSpec, settings: MeasureSettings | None = None) -> Measurem
     lock = measurement_lock() if s.lock else contextlib.nullcontext(0.0)
     with (lock as waited, torch_threads(s.threads), _current_device(device),
           torch.random.fork_rng(devices=_rng_devices(device))):
+        held_from = time.time()
         run = _Run(spec, s, device)
         run.train_phase()
         run.inference_phase()
         run.record_machine_speed()
         fp = fingerprint(device, run.resolved_settings(), run.nvml)
+        held_to = time.time()
     return Measurement(spec_hash=spec.hash, settings=s, fingerprint=fp, stats=run.stats, figures=run.figures,
-                       unavailable=run.unavailable, wall_s=time.perf_counter() - t0, lock_wait_s=waited)
+                       unavailable=run.unavailable, wall_s=time.perf_counter() - t0, lock_wait_s=waited,
+                       held_from=held_from, held_to=held_to)
 
 
 class _Run:
@@ -69,6 +74,9 @@ class _Run:
         self.unavailable: dict[str, str] = {}
         self.refs: dict[str, tuple[Reference, float]] = {}  # kernel name → (kernel, calibrated rate)
         self.speed: list[float] = []  # every repeat's reference rate / calibrated rate
+        self.machine: Machine | None = None  # the decode roofline's bandwidth and peak, once known
+        for name in ("memory_bandwidth_bytes_per_s", "roofline_peak_flops_per_s"):
+            self.put(name, None, "read for the decode roofline only, and no decoding was measured")
 
     # ---- helpers
     def put(self, name: str, value: Any, reason: str | None = None) -> None:
@@ -273,7 +281,21 @@ class _Run:
         tokens = timing.calls * self.s.decode_batch * n
         energy = None if timing.energy_j is None else timing.energy_j / tokens
         self.put_at("decode_energy_j_per_token", energy, context, self.energy_reason)
+        self.record_roofline(stat, context, n)
         self.record_cache(state, context)
+
+    def record_roofline(self, measured: Stat, context: int, steps: int) -> None:
+        """The decode roofline at `context` (nas/measure/roofline.py) and how close the median comes."""
+        if self.machine is None:
+            self.reference_sampler("matmul")  # calibrated on first use
+            directory = os.path.dirname(lock_path())
+            self.machine = Machine(bandwidth=memory_bandwidth(self.device, directory), peak_flops=self.refs["matmul"][1])
+            self.put("memory_bandwidth_bytes_per_s", self.machine.bandwidth)
+            self.put("roofline_peak_flops_per_s", self.machine.peak_flops)
+        roof = decode_roofline_tokens_per_s(self.spec, context=context, steps=steps, batch=self.s.decode_batch,
+                                            dtype=self.cache_dtype(), machine=self.machine)
+        self.put_at("decode_roofline_tokens_per_s", roof, context)
+        self.put_at("decode_roofline_frac", measured.median / roof, context)
 
     def prefill(self, model: Transformer, context: int) -> tuple[Stat, Stat]:
         """Prefill tokens/s at `context`: as measured, and corrected to the calibrated speed."""
@@ -282,7 +304,7 @@ class _Run:
         causal = self.spec.causal
 
         def step() -> None:  # a causal model fills a fresh cache, as serving does
-            model(prompt, model.new_cache() if causal else None)
+            model(prompt, model.new_cache(self.s.decode_batch, context) if causal else None)
 
         sampler = self.reference_sampler("matmul")
         timing = time_calls(step, device=self.device, warmup=self.s.warmup, repeats=self.s.repeats,
@@ -321,9 +343,9 @@ class _Run:
         tracker = _memory_for(self.device)
         with self.accelerated(), self.autocast(), torch.no_grad():
             if not self.wants("decode"):  # load code and kernels untracked, as the timed runs would have
-                decode(model, start_decode(model, prefix, use_cache=True), n)
+                decode(model, start_decode(model, prefix, use_cache=True, max_tokens=context), n)
             tracker.start()
-            state = start_decode(model, prefix, use_cache=True)
+            state = start_decode(model, prefix, use_cache=True, max_tokens=context)
             decode(model, state, n)
         held, peak = tracker.held_mb(), tracker.peak_mb()  # the cache is still alive here
         self.put("decode_memory_mb", held, tracker.reason)
@@ -354,7 +376,8 @@ def _train_step(model: Transformer, batch: int, seq_len: int, run: _Run) -> Call
     gen = torch.Generator().manual_seed(run.s.seed)
     data = torch.randint(0, run.spec.vocab_size, (batch, seq_len + 1), generator=gen).to(run.device)
     x, y = data[:, :-1], data[:, 1:]  # (B, T) inputs and next-token targets
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    # Fused on CUDA (one kernel for every parameter), as nas.train's optimiser is.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=run.device.type == "cuda")
     # fp16 training needs loss scaling; its cost is part of a real step.
     scaler = torch.amp.GradScaler(run.device.type) if run.s.dtype == "float16" else None
 

@@ -9,12 +9,16 @@ and reports each throughput twice: as measured, and corrected to the node's cali
     corrected_i = measured_i x calibrated_rate / reference_rate_i      (one sample per repeat)
 
 so a design measured while the machine ran slow is not ranked below one measured while it ran
-fast. Two kernels, for the two regimes a design's figures fall in:
+fast. Two kernels correct the figures, for the two regimes a design's figures fall in:
 
 - `matmul`: a large square matmul in the measured dtype, bound by arithmetic. It corrects the
   training and prefill throughputs, and is the denominator of MFU.
 - `small_ops`: a chain of 300 tiny matmul + GELU steps, bound by per-operator overhead, as
   decoding one token at a time is (on a CPU; on a GPU, by kernel launches).
+
+A third, `copy` (a large memory copy, bound by bandwidth), corrects nothing: its calibrated rate
+is the memory bandwidth of the decode roofline (nas/measure/roofline.py), beside the matmul's
+peak FLOP rate.
 
 The calibrated rate is measured once per node and setup (device, torch, dtype, threads) and kept
 in a JSON file beside the measurement lock, so every process of a study (each Ray worker) corrects
@@ -41,6 +45,8 @@ CALIBRATION_FILE = "qkvnas-reference.json"
 SMALL_OPS_STEPS = 300
 CALIBRATION_SAMPLES = 9
 CALIBRATION_SAMPLE_S = 0.1  # 9 x 0.1 s: the calibration spans about a second
+# Each of the copy's two buffers: far past any CPU cache or a GPU's L2.
+COPY_BYTES = {"cpu": 256 * 2**20, "cuda": 2**30}
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,27 @@ def _build(name: str, device: torch.device, dtype: torch.dtype) -> Reference:
 
         return Reference("small_ops", chain, 2.0 * SMALL_OPS_STEPS, "op")
     raise ValueError(f"reference kernel {name!r} is not known; use 'matmul' or 'small_ops'")
+
+
+def copy_kernel(device: torch.device) -> Reference:
+    """A large copy: bytes read plus bytes written per call. Not kept with the other kernels:
+    its buffers are made at its first call and freed with it, so a measurement (or a trial
+    sharing a GPU) does not hold them once the bandwidth is known."""
+    n = COPY_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    buffers: list[torch.Tensor] = []
+
+    def run() -> torch.Tensor:
+        if not buffers:
+            buffers.extend(torch.full((n,), 1, dtype=torch.uint8, device=device) for _ in range(2))
+        return buffers[1].copy_(buffers[0])
+
+    return Reference("copy", run, 2.0 * n, "B")
+
+
+def memory_bandwidth(device: torch.device, directory: str) -> float:
+    """The node's calibrated memory bandwidth (bytes/s of a large copy), measured once per node and
+    setup like the other kernels' rates; call it while holding the measurement lock."""
+    return calibrated_rate(copy_kernel(device), device, torch.uint8, directory)
 
 
 def sample(ref: Reference, device: torch.device, min_s: float = 0.05) -> float:

@@ -21,13 +21,16 @@ class Measurement:
     unavailable: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     lock_wait_s: float = 0.0
+    held_from: float = 0.0  # epoch seconds: the node's lock held (the measurement ran) from ...
+    held_to: float = 0.0  # ... to, so that a reader can check that no two measurements overlapped
 
     def __getitem__(self, name: str) -> Any:
         return self.to_dict()[name]
 
     def to_dict(self) -> dict[str, Any]:
         """Flat and JSON-able: each timed figure `x` as its median, with `x_cv` beside it."""
-        out: dict[str, Any] = {"spec_hash": self.spec_hash, "wall_s": self.wall_s, "lock_wait_s": self.lock_wait_s}
+        out: dict[str, Any] = {"spec_hash": self.spec_hash, "wall_s": self.wall_s, "lock_wait_s": self.lock_wait_s,
+                               "held_from": self.held_from, "held_to": self.held_to}
         out.update(self.figures)
         for name, stat in self.stats.items():
             out[name], out[f"{name}_cv"] = stat.median, stat.cv

@@ -12,18 +12,18 @@ import functools
 import hashlib
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, ClassVar
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from nas.engine.compat import fixed_params
-from nas.engine.job import BaseJob, Payload, Record, Report, Resources
-from nas.engine.queue import finished_keys, is_settled, queue_missing, waiting_keys
+from nas.engine.compat import fixed_params, set_metric_names
+from nas.engine.job import Payload, Record, Report, Resources
+from nas.engine.queue import FixedTrialsJob, is_settled, results_by_key
 from nas.engine.record import ATTR_REASON
 from nas.probing.suite_config import SuiteConfig
 from objectives.probes import get_probe
@@ -56,7 +56,7 @@ def point_text(point: dict[str, int]) -> str:
 
 
 @dataclass(frozen=True)
-class SuiteJob(BaseJob):
+class SuiteJob(FixedTrialsJob):
     config: SuiteConfig
     out_dir: str
     device: str = "auto"
@@ -75,28 +75,29 @@ class SuiteJob(BaseJob):
     def resources(self) -> Resources:
         return Resources(cpus_per_trial=self.threads)
 
+    what: ClassVar[str] = "suite"
+
     @functools.cached_property
     def runs(self) -> list[dict[str, Any]]:
         return runs(self.config)
+
+    @functools.cached_property
+    def _wanted(self) -> dict[Hashable, dict[str, Any]]:
+        return {run["index"]: {RUN_PARAM: run["index"]} for run in self.runs}
+
+    def wanted(self) -> dict[Hashable, dict[str, Any]]:
+        return self._wanted
+
+    def key_of(self, trial: FrozenTrial) -> Hashable | None:
+        return run_of(trial)
 
     # ---- driver -------------------------------------------------------------------------
     def open_study(self, storage: BaseStorage) -> optuna.Study:
         study = optuna.create_study(study_name=self.name, storage=storage, direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(), load_if_exists=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["value"])  # accuracy for probe runs, val loss for LM runs
+        set_metric_names(study, ["value"])  # accuracy for probe runs, val loss for LM runs
         study.set_user_attr(ATTR_SUITE, self.config.model_dump(mode="json"))
         return study
-
-    def prepare(self, study: optuna.Study) -> None:
-        queue_missing(study, {run["index"]: {RUN_PARAM: run["index"]} for run in self.runs}, run_of, what="suite")
-
-    def remaining(self, study: optuna.Study) -> int:
-        return len(waiting_keys(study, run_of))
-
-    def progress(self, study: optuna.Study) -> tuple[int, int]:
-        return len(finished_keys(study, run_of)), len(self.runs)
 
     def suggest(self, trial: optuna.Trial) -> Payload:
         index = trial.suggest_int(RUN_PARAM, 0, RUN_MAX)
@@ -161,13 +162,7 @@ def run_of(trial: FrozenTrial) -> int | None:
 
 def result_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per run that finished, in run order (a failed run's row has its NaN value)."""
-    chosen: dict[int, FrozenTrial] = {}
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        index = run_of(t)
-        if index is None or ATTR_ROW not in t.user_attrs or not is_settled(t):
-            continue
-        if index not in chosen or chosen[index].state != TrialState.COMPLETE:
-            chosen[index] = t
+    chosen = results_by_key(study, lambda t: run_of(t) if ATTR_ROW in t.user_attrs and is_settled(t) else None)
     return [_row(chosen[i]) for i in sorted(chosen)]
 
 

@@ -88,6 +88,8 @@ def summary_line(c: Counts, target: int) -> str:
     parts = [f"{c.done}/{target} trials done", f"{c.complete} complete"]
     if c.infeasible:
         parts.append(f"{c.infeasible} infeasible")
+    if c.pruned:
+        parts.append(f"{c.pruned} stopped early")
     parts.append(f"{c.failed} failed")
     if c.stale:
         parts.append(f"{c.stale} interrupted (requeued)")
@@ -96,6 +98,13 @@ def summary_line(c: Counts, target: int) -> str:
     if c.waiting:
         parts.append(f"{c.waiting} queued")
     return ", ".join(parts)
+
+
+def stopping_text(summary: dict[str, Any]) -> str:
+    """``stopping.stopping_summary`` in a line: how many stopped at each rung, tokens saved."""
+    rungs = ", ".join(f"rung {r}: {n}" for r, n in summary["stopped_by_rung"].items())
+    return (f"{summary['stopped']} stopped early ({rungs or 'none'}), {summary['tokens_saved_frac']:.0%} of the "
+            f"full-budget training tokens saved ({summary['tokens_trained']:,} of {summary['tokens_full_budget']:,} trained)")
 
 
 def describe(study: optuna.Study, target: int | None) -> dict[str, Any]:
@@ -110,6 +119,7 @@ def describe(study: optuna.Study, target: int | None) -> dict[str, Any]:
         "failed": c.failed,
         "interrupted": c.stale,
         "running": c.running,
+        "stopped_early": c.pruned,
         "queued": c.waiting,
         "front": [{"trial": t.number, "values": dict(zip(study.metric_names or [], t.values)),
                    "params": t.params, "spec_hash": t.user_attrs.get(ATTR_SPEC_HASH)} for t in pareto_front(study)],

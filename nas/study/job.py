@@ -19,8 +19,11 @@ from nas.engine.record import (
     ATTR_CONFIG, ATTR_DUPLICATE_OF, ATTR_ERROR, ATTR_REASON, ATTR_RETRY_OF, ATTR_SPEC_HASH, ATTR_STATUS, ATTR_WORKER, count_done,
     count_state, counts, is_stale, pareto_front, tell_record,
 )
-from nas.study.display import design_label, fmt_value, front_table, one_per_design, summary_line
+from nas.engine.rungs import RungPlan
+from nas.engine.stopping import stopping_summary
+from nas.study.display import stopping_text, design_label, fmt_value, front_table, one_per_design, summary_line
 from nas.study.open import create_or_load_study, save_config_file, storage_url
+from objectives import get_objective
 from search_spaces import get_space
 from search_spaces.base import SearchSpace
 
@@ -59,6 +62,17 @@ class StudyJob(BaseJob):
     def progress(self, study: optuna.Study) -> tuple[int, int]:
         return count_done(study), self.config.trials
 
+    def rung_plan(self) -> RungPlan | None:
+        """``[fidelity] scheduler = "mo_asha"``: rank each trial at the rungs on its validation
+        loss and the objectives known before training (costs, measurements)."""
+        fidelity = self.config.fidelity
+        if fidelity.scheduler == "none":
+            return None
+        fixed = tuple((name, 1 if get_objective(name).direction == "minimize" else -1) for name in self.config.objectives
+                      if get_objective(name).needs <= {"costs", "measure"})
+        return RungPlan(rungs=fidelity.rung_tokens(self.config.budget.tokens), eta=fidelity.eta,
+                        tie_break=fidelity.tie_break, fixed=fixed)
+
     def suggest(self, trial: optuna.Trial) -> Payload:
         spec = self.space.sample(trial)
         trial.set_user_attr(ATTR_SPEC_HASH, spec.hash)
@@ -91,7 +105,10 @@ class StudyJob(BaseJob):
         return ("Pareto front:\n" if final else "current front:\n") + front_table(study)
 
     def finish_line(self, study: optuna.Study) -> str:
-        return summary_line(counts(study), self.config.trials)
+        line = summary_line(counts(study), self.config.trials)
+        if self.config.fidelity.scheduler == "none":
+            return line
+        return f"{line}; {stopping_text(stopping_summary(study, self.config.budget.tokens))}"
 
 
 def _outcome(study: optuna.Study, trial: FrozenTrial) -> str:
@@ -99,6 +116,8 @@ def _outcome(study: optuna.Study, trial: FrozenTrial) -> str:
     label = design_label(trial)
     if trial.state == TrialState.FAIL:
         return f"failed ({trial.user_attrs.get(ATTR_REASON, 'no reason recorded')}) {label}"
+    if trial.state == TrialState.PRUNED:
+        return f"{trial.user_attrs.get(ATTR_REASON, 'stopped early')} {label}"
     names = study.metric_names or []
     values = " ".join(f"{n}={fmt_value(v)}" for n, v in zip(names, trial.values or []))
     source = trial.user_attrs.get(ATTR_DUPLICATE_OF)
@@ -109,7 +128,7 @@ def _outcome(study: optuna.Study, trial: FrozenTrial) -> str:
 def evaluated_designs(study: optuna.Study) -> dict[str, int]:
     """spec hash → number of the first trial that evaluated it (COMPLETE, or failed on its own)."""
     known: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if is_stale(t) or t.user_attrs.get(ATTR_ERROR) or ATTR_SPEC_HASH not in t.user_attrs:
             continue
         known.setdefault(t.user_attrs[ATTR_SPEC_HASH], t.number)
@@ -128,5 +147,5 @@ def copy_trial(study: optuna.Study, trial: optuna.Trial, source_number: int) -> 
         trial.set_constraint(key, value)
     if source.state == TrialState.COMPLETE:
         study.tell(trial, source.values)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
+    else:  # a design stopped early or failed is not trained again either
+        study.tell(trial, state=source.state)

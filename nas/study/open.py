@@ -7,7 +7,6 @@ Storage is a SQLite file in the study directory by default; any SQLAlchemy URL w
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from optuna.storages import BaseStorage
 
 from nas.common import atomic_write_text
 from nas.config import StudyConfig
+from nas.engine.compat import set_metric_names
 from nas.engine.record import ATTR_CONFIG
 from nas.engine.sampler import make_sampler, worker_seed
 from nas.engine.storage import open_storage, single_writer
@@ -51,9 +51,7 @@ def create_or_load_study(config: StudyConfig, storage: BaseStorage | None = None
         check_compatible(study, config)
         return study
     study = optuna.create_study(study_name=config.name, storage=storage, sampler=sampler, directions=directions(config))
-    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in practice
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(config.objectives))
+    set_metric_names(study, list(config.objectives))
     study.set_user_attr(ATTR_CONFIG, config.to_dict())
     return study
 
