@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from nas.engine import compat
+from nas.engine.job import no_report
 from nas.engine.recovery import release_own_trials, worker_identity
 from nas.engine.rungs import Decision, RungScheduler
 from nas.engine.stopping import TrialRungs, prune, restored_scheduler
@@ -233,7 +234,9 @@ def _trainable(params: dict[str, Any], job: Job) -> None:
     def report(step: int, metrics: dict[str, float]) -> None:
         tune.report({STEP_KEY: step, **metrics})
 
-    record = job.execute(json.loads(params[PAYLOAD_KEY]), report)
+    # Each tune.report is a round trip to the driver that the training loop waits on: the
+    # learning-curve points are sent only when the job has rungs to act on them.
+    record = job.execute(json.loads(params[PAYLOAD_KEY]), report if job.rung_plan() else no_report)
     tune.report({RECORD_KEY: json.dumps(record)})
 
 
