@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nas.config.base import Section, validate
+from nas.config.base import Section, run_folder, storage_or_sqlite, validate
 from nas.config.loader import load_raw
 from nas.config.study import RayConfig, ResourcesConfig, SpaceConfig, StudyConfig
 from nas.measure import MeasureSettings
@@ -107,11 +107,11 @@ class TableConfig(Section):
 
     @property
     def table_dir(self) -> Path:
-        return Path(self.directory) if self.directory else Path("studies") / self.name
+        return run_folder(self.directory, self.name)
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.table_dir / DB_FILE).resolve()}"
+        return storage_or_sqlite(self.storage, self.table_dir, DB_FILE)
 
 
 def load_table_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TableConfig:

@@ -23,7 +23,7 @@ from nas.bench.config import CONFIG_FILE, TableConfig
 from nas.bench.schema import COST_OBJECTIVES, META_KEY, SCHEMA_VERSION, TABLE_FILE
 from nas.common import atomic_write, atomic_write_json
 from nas.engine.compat import fixed_params, set_metric_names
-from nas.engine.job import Payload, Record, Report, Resources
+from nas.engine.job import ConfiguredJob, Payload, Record, Report
 from nas.engine.lifecycle import EngineRun, Executor
 from nas.engine.queue import FixedTrialsJob, results_by_key
 from nas.engine.record import ATTR_CONFIG, ATTR_REASON, ATTR_STATUS
@@ -34,23 +34,11 @@ PARAM_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class TableJob(FixedTrialsJob):
+class TableJob(ConfiguredJob, FixedTrialsJob):
     """One trial per (design, seed), enqueued with fixed parameters ``design`` and ``seed``."""
 
     config: TableConfig
     what: ClassVar[str] = "table"
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def storage_url(self) -> str:
-        return self.config.storage_url
-
-    @property
-    def resources(self) -> Resources:
-        return Resources.of(self.config.resources, self.config.ray)
 
     @functools.cached_property
     def designs(self) -> list[tuple[dict[str, Any], Any]]:

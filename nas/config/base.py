@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -83,3 +84,13 @@ def _fields_of(obj: Any) -> dict[str, Any]:
         hints = typing.get_type_hints(obj)
         return {f.name: hints.get(f.name) for f in dataclasses.fields(obj)}
     return {}
+
+
+def run_folder(directory: str | None, name: str) -> Path:
+    """Where a study, ladder or table keeps its files: ``directory``, else ``studies/<name>``."""
+    return Path(directory) if directory else Path("studies") / name
+
+
+def storage_or_sqlite(storage: str | None, folder: Path, db_file: str) -> str:
+    """The storage URL as written, else the default SQLite file in the run's folder."""
+    return storage or f"sqlite:///{(folder / db_file).resolve()}"

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nas.config.base import Section, validate
+from nas.config.base import Section, run_folder, validate
 from nas.config.loader import apply_override, load_raw
 from nas.measure import MeasureSettings
 from nas.probing.probe import ProbeBudget
@@ -163,7 +163,7 @@ class StudyConfig(Section):
     # ---- derived -----------------------------------------------------------------
     @property
     def study_dir(self) -> Path:
-        return Path(self.directory) if self.directory else Path("studies") / self.name
+        return run_folder(self.directory, self.name)
 
     @property
     def needs(self) -> frozenset[str]:

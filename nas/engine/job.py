@@ -103,6 +103,25 @@ class Job(Protocol):
         """What the job's trials add up to, printed when the run ends."""
 
 
+class ConfiguredJob:
+    """A job built from one config with ``name``, ``storage_url``, ``resources`` and ``ray``
+    (a ladder's, a table's): its name, storage and resources are the config's."""
+
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.config.name)
+
+    @property
+    def storage_url(self) -> str:
+        return str(self.config.storage_url)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources.of(self.config.resources, self.config.ray)
+
+
 class BaseJob:
     """Defaults for the optional parts of a job."""
 

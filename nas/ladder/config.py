@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from nas.common import atomic_write_text
 from nas.config import ModelShape, RayConfig, ResourcesConfig, Section, apply_override, load_raw, presets, validate
+from nas.config.base import run_folder, storage_or_sqlite
 from nas.ladder.grid import grid
 from nas.train import TrainBudget, TrainSettings
 
@@ -128,11 +129,11 @@ class LadderConfig(Section):
     # ---- derived -----------------------------------------------------------------
     @property
     def ladder_dir(self) -> Path:
-        return Path(self.directory) if self.directory else Path("studies") / self.name
+        return run_folder(self.directory, self.name)
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.ladder_dir / DB_FILE).resolve()}"
+        return storage_or_sqlite(self.storage, self.ladder_dir, DB_FILE)
 
     def to_json(self) -> str:
         return self.model_dump_json()

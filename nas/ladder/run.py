@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import engine
 from nas.config import StudyConfig
-from nas.engine.job import Payload, Record, Report, Resources, no_report
+from nas.engine.job import ConfiguredJob, Payload, Record, Report, no_report
 from nas.engine.queue import FixedTrialsJob
 from nas.engine.record import ATTR_REASON, is_stale
 from nas.engine.storage import SQLiteLock
@@ -55,24 +55,12 @@ def run_point(point: Point, config: LadderConfig, report: Report = no_report) ->
 
 # ---- the ladder as a job of the engine ------------------------------------------------------
 @dataclass(frozen=True)
-class LadderJob(FixedTrialsJob):
+class LadderJob(ConfiguredJob, FixedTrialsJob):
     """A fixed grid: every point without a settled trial is enqueued before the run, and the
     engine's rounds pop the queue (a kill loses no finished point)."""
 
     config: LadderConfig
     points: tuple[Point, ...]
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def storage_url(self) -> str:
-        return self.config.storage_url
-
-    @property
-    def resources(self) -> Resources:
-        return Resources.of(self.config.resources, self.config.ray)
 
     what: ClassVar[str] = "ladder's grid"
 

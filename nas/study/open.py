@@ -15,6 +15,7 @@ from optuna.storages import BaseStorage
 
 from nas.common import atomic_write_text
 from nas.config import StudyConfig
+from nas.config.base import storage_or_sqlite
 from nas.engine.compat import set_metric_names
 from nas.engine.record import ATTR_CONFIG
 from nas.engine.sampler import make_sampler, worker_seed
@@ -30,9 +31,7 @@ SAME_ON_RESUME = ("objectives", "space", "data", "budget", "constraints", "measu
 
 def storage_url(config: StudyConfig) -> str:
     """The storage as written in the study file, with the default filled in."""
-    if config.storage:
-        return config.storage
-    return f"sqlite:///{(config.study_dir / DB_FILE).resolve()}"
+    return storage_or_sqlite(config.storage, config.study_dir, DB_FILE)
 
 
 def directions(config: StudyConfig) -> list[Direction]:
