@@ -9,7 +9,6 @@ counts for every design.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -91,7 +90,7 @@ class TableConfig(Section):
         return validate(StudyConfig, {
             "name": self.name, "directory": str(self.table_dir), "space": self.space.model_dump(mode="json"),
             "data": self.data, "budget": {**self.budget_dict(), "seed": seed}, "objectives": list(self.study_objectives),
-            "measure": json.loads(json.dumps(self.model_dump(mode="json")["measure"])), "trials": 1,
+            "measure": self.model_dump(mode="json")["measure"], "trials": 1,
         }, f"table {self.name!r}")
 
     @property
