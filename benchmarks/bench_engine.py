@@ -41,6 +41,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from nas.engine import attrs  # noqa: E402
 from nas.api import run_study  # noqa: E402
 from nas.config import StudyConfig, load_config  # noqa: E402
 from nas.study import create_or_load_study  # noqa: E402
@@ -117,7 +118,7 @@ def engine(config: StudyConfig, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"wall_s": wall, "loop_s": loop, "per_trial_s": loop / len(params), "fixed_s": wall - loop,
             "first_trial_s": (ends[0] - start).total_seconds(),
             "steady_per_trial_s": (ends[-1] - ends[0]).total_seconds() / (len(params) - 1),
-            "trial_s": [t.user_attrs["timings"]["total_s"] for t in trials]}
+            "trial_s": [attrs.read(t)["timings"]["total_s"] for t in trials]}
 
 
 def quick_preset(scratch: Path) -> dict[str, Any]:

@@ -55,9 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from nas.device import resolve_device  # noqa: E402
 from nas.measure import (  # noqa: E402
     AUTOCAST, Machine, MeasureSettings, coefficient_of_variation, decode_roofline_tokens_per_s, decode_steps_for,
-    lock_path, measure, measure_decode, measurement_lock,
+    measure, measure_decode, measurement_lock,
 )
-from nas.measure.reference import calibrated_rate, memory_bandwidth, reference  # noqa: E402
+from nas.measure.reference import calibrated_rate, calibration_dir, memory_bandwidth, reference  # noqa: E402
 from nas.model import build_model  # noqa: E402
 from search_spaces.spec import ArchSpec, uniform  # noqa: E402
 
@@ -141,7 +141,7 @@ def cache_speedup(sizes: Sizes, device: torch.device, dtype: str) -> dict:
 def node_machine(device: torch.device, dtype: str) -> Machine:
     """The roofline's rates: the node's calibrated copy bandwidth and matmul peak (nas/measure/reference.py)."""
     torch_dtype = AUTOCAST[dtype] or torch.float32
-    directory = os.path.dirname(lock_path())
+    directory = calibration_dir()
     with measurement_lock():
         peak = calibrated_rate(reference("matmul", device, torch_dtype), device, torch_dtype, directory)
         return Machine(bandwidth=memory_bandwidth(device, directory), peak_flops=peak)

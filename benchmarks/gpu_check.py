@@ -118,16 +118,19 @@ def study_json(folder: Path) -> dict[str, Any]:
     """The two trials from storage: states, values, where and when each measured."""
     import optuna
 
+    from nas.engine import attrs
+
     storage = f"sqlite:///{folder / 'study.db'}"
     if not (folder / "study.db").is_file():
         return {"error": f"no study storage in {folder}"}
     trials = []
     for t in optuna.load_study(study_name="gpu-check", storage=storage).trials:
-        m = t.user_attrs.get("measure") or {}
+        record = attrs.read(t)  # user attributes and the bulk (nas/engine/attrs.py)
+        m = record.get("measure") or {}
         trials.append({
             "number": t.number, "state": t.state.name, "values": t.values, "status": t.user_attrs.get("status"),
             "reason": t.user_attrs.get("reason"), "start": _epoch(t.datetime_start),
-            "complete": _epoch(t.datetime_complete), "timings": t.user_attrs.get("timings"),
+            "complete": _epoch(t.datetime_complete), "timings": record.get("timings"),
             "measure_held": [m.get("held_from"), m.get("held_to")], "measure_lock_wait_s": m.get("lock_wait_s"),
             "measure_device": (m.get("fingerprint") or {}).get("device_name"),
             "decode_tokens_per_s": m.get("decode_tokens_per_s"), "decode_roofline_frac": m.get("decode_roofline_frac"),

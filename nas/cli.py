@@ -90,7 +90,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="path of a JSON spec")
     p.add_argument("--tokens", type=int, required=True, help="training tokens (whole steps of batch-size x seq-len)")
     p.add_argument("--data", default=None,
-                   help="text file, folder of text files, or Parquet/Arrow token shards (default: shipped Shakespeare)")
+                   help="text file, folder of text files, Parquet/Arrow token shards or nanoGPT's train.bin/val.bin "
+                        "(default: shipped Shakespeare)")
+    p.add_argument("--tokenizer", default=None,
+                   help="bpe:<vocab> (trained on the training text, cached) or a tokenizer.json (default: bytes)")
     _flag(p, "--batch-size", TRAIN, type=int, help="sequences per step")
     p.add_argument("--seq-len", type=int, help="training window (default: the spec's context)")
     _flag(p, "--lr", TRAIN, type=float, help="peak learning rate")
@@ -99,21 +102,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (its compile time is reported apart as compile_s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="write the trained weights (safetensors), the spec and the training record into DIR")
     p.set_defaults(handler=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from nas.data import load_corpus
+    from nas.device import resolve_device
+    from nas.measure.fits import check_train_fits
     from nas.train import TrainBudget, train
     from search_spaces.spec import ArchSpec
 
     spec = ArchSpec.load(args.spec)
-    corpus = load_corpus(args.data)
     budget = TrainBudget(tokens=args.tokens, **_given(args, "batch_size", "seq_len", "lr", "seed", "device", "compile"))
-    result = train(spec, corpus, budget, progress=not args.no_progress)
+    check_train_fits(spec, batch=budget.batch_size, seq_len=budget.seq_len, device=resolve_device(budget.device))
+    if args.save is not None:
+        from nas.weights_cli import writable_folder
+
+        writable_folder(args.save, "--save")
+    corpus = load_corpus(args.data, tokenizer=args.tokenizer)
+    trained: list[object] = []
+    result = train(spec, corpus, budget, progress=not args.no_progress, on_trained=trained.append)
     out = {"spec_hash": spec.hash, "corpus": corpus.describe(), **result.to_dict()}
+    if args.save is not None:
+        from nas.weights import save_model
+
+        record = _strict_json({k: v for k, v in out.items() if k not in ("train_losses", "grad_norms")})
+        out["saved"] = str(save_model(trained[0], spec, args.save, record=record))  # type: ignore[arg-type]
     _print_json(_strict_json(out))
     return 0
+
 
 
 def _strict_json(obj: object) -> object:
@@ -192,12 +211,13 @@ def _study_run_flags(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from nas.api import run_study
+    from nas.engine.outcome import exit_code
 
     if bool(args.config) == bool(args.preset):
         raise ValueError("give a study file or --preset NAME (not both), e.g. qkvnas run --preset quick")
-    summary = run_study(args.config or args.preset, args.overrides, ray_address=args.ray_address,
-                        progress=not args.quiet, export=not args.no_export)
-    return 130 if summary.interrupted else 0
+    run_study(args.config or args.preset, args.overrides, ray_address=args.ray_address,
+              progress=not args.quiet, export=not args.no_export, out=sys.stdout)  # --quiet: still the last line
+    return exit_code("qkvnas run")  # 130/143/129 interrupted, 1 every trial failed
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -209,10 +229,11 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from nas.api import resume_study
+    from nas.engine.outcome import exit_code
 
-    summary = resume_study(args.name, args.overrides, ray_address=args.ray_address,
-                           progress=not args.quiet, export=not args.no_export)
-    return 130 if summary.interrupted else 0
+    resume_study(args.name, args.overrides, ray_address=args.ray_address,
+                 progress=not args.quiet, export=not args.no_export, out=sys.stdout)
+    return exit_code("qkvnas resume")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -227,8 +248,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nas.api import export_study
 
     result = export_study(args.name, args.out, study_name=args.study)
-    print(f"{result.front_size} Pareto-optimal of {result.n_trials} trials: {result.pareto}, {result.trials}, "
-          f"{result.plot}, {len(result.specs)} specs in {result.out_dir / 'specs'}")
+    print(f"Pareto front: {result.front_text}, of {result.n_trials} trials: {result.pareto}, {result.trials}, "
+          f"{result.plot}, {len(result.specs)} front specs in {result.out_dir / 'specs'}")
     return 0
 
 
@@ -247,6 +268,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _print_json(study_status(args.name, study_name=args.study))
     else:
         print(status_text(args.name, study_name=args.study))
+    return 0
+
+
+def _add_remeasure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("remeasure", help="measure a study's noisy trials again on this machine and update the study")
+    p.add_argument("name", help="study name (studies/NAME), study directory, or storage URL")
+    p.add_argument("--study", help="study name inside the storage, when a storage URL holds several")
+    p.add_argument("--all", action="store_true", help="every measured trial, not only the noisy ones")
+    p.set_defaults(handler=_cmd_remeasure)
+
+
+def _cmd_remeasure(args: argparse.Namespace) -> int:
+    from nas.study.remeasure import remeasure_study, summary
+
+    print("\n".join(summary(remeasure_study(args.name, study_name=args.study, every=args.all), args.name)))
     return 0
 
 
@@ -292,6 +328,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
     spec = ArchSpec.load(args.spec)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"--tasks {args.tasks!r} must name each probe task once, e.g. --tasks mqar,induction")
     if args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds} must be at least 1")
     params = _probe_params(args.param, tasks)
@@ -322,6 +360,10 @@ def _add_probe_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run the suite's trials in this process (default: runs of seconds, Ray's start-up would "
                         "dominate) or as Ray Tune trials")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: tabulate the runs finished so far in --out (safe while the suite runs)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at a time, with --executor ray (default 1); each takes --threads CPU threads")
     p.add_argument("--seeds", type=int, default=None, help="override the suite's number of seeds")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
@@ -330,6 +372,7 @@ def _add_probe_suite(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe_suite(args: argparse.Namespace) -> int:
+    from nas.engine.outcome import exit_code
     from nas.probing import load_suite, run_suite
 
     config = load_suite(args.preset)
@@ -339,9 +382,10 @@ def _cmd_probe_suite(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"seeds": args.seeds})
     if args.threads < 0:
         raise ValueError(f"--threads={args.threads} must be 0 (torch's default) or more")
-    result = run_suite(config, args.out, device=args.device, threads=args.threads or None, executor=args.executor)
+    result = run_suite(config, args.out, device=args.device, threads=args.threads or None, executor=args.executor,
+                       report_only=args.report, parallel=args.parallel)
     print(result["markdown"])
-    return 0
+    return exit_code("qkvnas probe-suite")
 
 
 # ---- ladder / report (scaling ladders) -----------------------------------------------------
@@ -359,6 +403,7 @@ def _add_ladder(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_ladder(args: argparse.Namespace) -> int:
+    from nas.engine.outcome import exit_code, interrupted_code
     from nas.ladder import load_ladder_config, run_ladder
     from nas.ladder.report import write_report
 
@@ -370,12 +415,12 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"qkvnas ladder: interrupted; finished points are kept. Continue with the same command, "
               f"or report what is done with: qkvnas report {config.ladder_dir}", file=sys.stderr)
-        return 130
+        return interrupted_code()
     print(f"ladder {config.name}: {run.points} points ({run.already_done} done before, {run.ran} run now, "
           f"{run.failed} failed) in {run.wall_s:.0f} s; results: {run.results}")
     if not args.no_report:
         print(f"report: {write_report(config)}")
-    return 0
+    return exit_code("qkvnas ladder")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -403,6 +448,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_resume,
     _add_export,
     _add_status,
+    _add_remeasure,
     _add_probe,
     _add_probe_suite,
     _add_ladder,
@@ -418,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(sub)
     from nas.bench.cli import add_commands  # tabulate, replay: the search-quality commands
+    from nas.weights_cli import add_weights_commands  # load, export-hf: trained weights that leave qkvnas
 
     add_commands(sub)
+    add_weights_commands(sub)
     return parser
 
 
@@ -432,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"qkvnas {args.command}: interrupted", file=sys.stderr)
-        return 130
+        from nas.engine.outcome import interrupted_code
+
+        return interrupted_code()  # 128 + the signal that stopped the run: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     except BrokenPipeError:  # `qkvnas status NAME | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

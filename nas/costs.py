@@ -149,8 +149,10 @@ def _mean_keys(spec: ArchSpec, layer: LayerSpec, seq_len: int, causal_discount: 
     """Mean number of keys a query scores against over a sequence of `seq_len` tokens."""
     if not causal_discount or not spec.causal:  # dense kernels compute every (query, key) pair
         return float(seq_len)
-    w = seq_len if layer.window is None else layer.window
-    return sum(min(i + 1, w) for i in range(seq_len)) / seq_len
+    w = seq_len if layer.window is None else min(layer.window, seq_len)
+    # sum(min(i + 1, w) for i in range(seq_len)) in closed form: 1 + 2 + ... + w, then w for each
+    # query after the first w. Exact integers, so the figure is the loop's, at any context.
+    return (w * (w + 1) // 2 + (seq_len - w) * w) / seq_len
 
 
 def matmul_flops_per_token(spec: ArchSpec) -> int:

@@ -406,14 +406,17 @@ class Transformer(nn.Module):
         self.pos = nn.Embedding(spec.context, spec.d_model) if spec.pos == "learned" else None
         self.blocks = nn.ModuleList(Block(spec, layer) for layer in spec.layers)
         self.norm_f = norm(spec)
-        self.head = None if spec.tie_embeddings else nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+        self.head = None if spec.tie_embeddings else nn.Linear(spec.d_model, spec.vocab_size, bias=spec.head_bias)
+        # A tied head has no Linear of its own; its bias, when asked for, lives beside it.
+        self.head_b = nn.Parameter(torch.zeros(spec.vocab_size)) if spec.tie_embeddings and spec.head_bias else None
         # Layers whose K/V a later layer reuses: forward hands them on.
         self._sources = {layer.kv_from for layer in spec.layers if layer.kv_from is not None}
         self._fixed_length = spec.pos == "learned" or any(layer.attn == "mixer" for layer in spec.layers)
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: scale residual outputs by depth
-            if name.endswith(("o.weight", "down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * spec.n_layers))
+        if spec.init == "gpt2":  # torch_default: each module's own reset_parameters, as built
+            self.apply(self._init)
+            for name, p in self.named_parameters():  # GPT-2: scale residual outputs by depth
+                if name.endswith(("o.weight", "down.weight")):
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * spec.n_layers))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -425,12 +428,9 @@ class Transformer(nn.Module):
     def new_cache(self, batch: int | None = None, max_tokens: int | None = None, *,
                   layout: CacheLayout = "static", dtype: torch.dtype | None = None) -> KVCache:
         """An empty cache for `batch` sequences of up to `max_tokens` tokens (default: the context).
-
-        The static layout allocates each layer's tensors here, once, in `dtype` (default: the
-        autocast dtype when autocast is on, else the parameters'); without a batch, at the first
-        forward, in the dtype it computes in. `layout="concat"` grows the cache by torch.cat instead
-        (the layout decoding had before, kept for comparison).
-        """
+        The static layout allocates each layer's tensors here, once, in `dtype` (default: autocast's
+        dtype when on, else the parameters'); without a batch, at the first forward, in the dtype it
+        computes in. `layout="concat"` grows it by torch.cat (the old layout, kept for comparison)."""
         if not self.spec.causal:
             raise ValueError("a bidirectional encoder (causal=false) has no incremental decoding")
         cache = KVCache(layers=[], max_tokens=max_tokens or self.spec.context, layout=layout)
@@ -474,7 +474,7 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.seen += T
         x = self.norm_f(x)
-        return F.linear(x, self.tok.weight) if self.head is None else self.head(x)
+        return F.linear(x, self.tok.weight, self.head_b) if self.head is None else self.head(x)
 
     @torch.no_grad()
     def generate(self, idx: Tensor, n_new: int, *, use_cache: bool = True) -> Tensor:

@@ -1,6 +1,6 @@
 """Short training of one design: ``train(spec, corpus, budget) -> TrainResult``.
 
-AdamW (β = 0.9, 0.95; weight decay on matrices only), linear warm-up then cosine decay to
+AdamW (β = 0.9, 0.95 unless ``beta2`` says otherwise; weight decay on matrices only), linear warm-up then cosine decay to
 ``min_lr_frac · lr``, gradient clipping, bf16 autocast on CUDA. Seeded: on CPU the same seed
 gives the same losses. Validation runs every ``eval_every`` steps on fixed windows, so designs
 are compared on the same text; its time is kept out of ``train_tokens_per_s``.
@@ -51,6 +51,8 @@ class Optimizer:
     warmup_frac: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # Adam's β₂ (β₁ is 0.9). Left out of a stored config at its default, so older configs keep their digest.
+    beta2: Annotated[float, Field(exclude_if=lambda v: v == BETAS[1])] = BETAS[1]
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -61,6 +63,8 @@ class Optimizer:
             raise ValueError(f"warmup_frac={self.warmup_frac!r} must be in [0, 1)")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2={self.beta2!r} must be in (0, 1), e.g. 0.999 (Adam's default) or 0.95")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r} must be > 0 (use float('inf') for no clipping)")
 
@@ -152,7 +156,7 @@ def make_optimizer(model: nn.Module, budget: Optimizer, device: torch.device) ->
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": budget.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=budget.lr, betas=BETAS, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=budget.lr, betas=(BETAS[0], budget.beta2), fused=device.type == "cuda")
 
 
 def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -285,11 +289,13 @@ def train(
     *,
     progress: bool = False,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_trained: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on ``corpus`` for ``budget.tokens`` tokens (whole steps) and validate it.
 
     ``on_eval`` receives each learning-curve point as it is made; an exception it raises (e.g.
-    to prune the trial) propagates. Divergence never raises: see ``TrainResult.diverged``.
+    to prune the trial) propagates. ``on_trained`` receives the trained model (to save it).
+    Divergence never raises: see ``TrainResult.diverged``.
     """
     t0 = time.perf_counter()
     seq_len, steps = _plan(spec, corpus, budget)
@@ -301,6 +307,8 @@ def train(
     with _progress_bar(progress, steps, spec) as bar:
         reason = run.loop(bar, on_eval)
     done = len(run.records.losses)
+    if on_trained is not None:
+        on_trained(getattr(model, "_orig_mod", model))  # the module itself, not torch.compile's wrapper
     final = run.curve[-1]["val_loss"] if run.curve and reason is None else math.nan
     bits = final / math.log(2) / corpus.bytes_per_token if corpus.bytes_per_token else None
     return TrainResult(

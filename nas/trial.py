@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,7 +33,7 @@ import nas.probing
 import nas.train
 from nas.config import StudyConfig, constraint_objective
 from nas.costs import costs
-from nas.data import Corpus, load_corpus
+from nas.data import Corpus, DataSource, load_corpus
 from nas.engine.job import OBJECTIVE_PREFIX, Report, TrialStopped, no_report
 from nas.measure.fingerprint import fingerprint
 from objectives import get_objective, probe_task, stability_report
@@ -61,9 +62,15 @@ class TrialRecord:
     hardware: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # traceback tail of an unexpected exception
+    lr_sweep: dict[str, Any] | None = None  # with [lr_sweep]: best_lr and each lr's val loss
+    weights: str | None = None  # with [export] weights = true: the folder of the trained weights
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for key in ("lr_sweep", "weights"):  # left out when unused: records stay as they were
+            if out[key] is None:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
@@ -143,7 +150,25 @@ class _Trial:
 
     def _train(self) -> None:
         budget = dataclasses.replace(self.config.budget, seed=self.seed)
-        result = nas.train.train(self.spec, corpus_for(self.config.data), budget, on_eval=self._report).to_dict()
+        corpus = corpus_for(self.config.data)
+        sweep = self.config.lr_sweep
+        models: dict[float, torch.nn.Module] = {}
+        keep = self.config.export.weights
+
+        def kept(lr: float) -> Callable[[torch.nn.Module], None] | None:
+            return functools.partial(models.__setitem__, lr) if keep else None
+
+        if sweep is None:
+            result = nas.train.train(self.spec, corpus, budget, on_eval=self._report, on_trained=kept(budget.lr)).to_dict()
+            best = budget.lr
+        else:  # every lr of the sweep; the trial is its best run (lowest val loss), the rest recorded
+            runs = {lr: nas.train.train(self.spec, corpus, dataclasses.replace(budget, lr=lr),
+                                        on_trained=kept(lr)).to_dict() for lr in sweep.values}
+            best = min(runs, key=lambda lr: _loss_or_inf(runs[lr]))
+            result = runs[best]
+            self.fields["lr_sweep"] = {"best_lr": best, "val_loss": {f"{lr:g}": r["val_loss"] for lr, r in runs.items()}}
+        if keep and not result["diverged"]:
+            self.fields["weights"] = str(self._save_weights(models[best], result))
         self.parts["train"] = result
         self.fields["train"] = {k: v for k, v in result.items() if k not in ("curve", "train_losses", "grad_norms")}
         self.fields["curve"] = {
@@ -153,6 +178,12 @@ class _Trial:
         }
         if not result["diverged"]:
             self.fields["stability"] = stability_report(result["train_losses"], result["grad_norms"])
+
+    def _save_weights(self, model: torch.nn.Module, result: dict[str, Any]) -> Path:
+        from nas.weights import save_model
+
+        record = {k: v for k, v in result.items() if k not in ("curve", "train_losses", "grad_norms")}
+        return save_model(model, self.spec, weights_folder(self.config, self.spec, self.seed), record=record)
 
     def _probes(self) -> None:
         for name in self.config.objectives + tuple(self._constraint_names()):
@@ -244,6 +275,9 @@ class _Trial:
         )
 
     def _timed(self, name: str, step: Callable[[], None]) -> None:
+        from nas.engine import live
+
+        live.phase(name)  # the driver's live line (nas/engine/live.py)
         t0 = time.perf_counter()
         try:
             step()
@@ -252,10 +286,20 @@ class _Trial:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def weights_folder(config: StudyConfig, spec: ArchSpec, seed: int) -> Path:
+    """Where ``[export] weights = true`` keeps a trial's trained weights."""
+    return config.study_dir / "weights" / f"{spec.hash}-s{seed}"
+
+
+def _loss_or_inf(result: dict[str, Any]) -> float:
+    loss = result["val_loss"]
+    return loss if not result["diverged"] and math.isfinite(loss) else math.inf
+
+
 @functools.lru_cache(maxsize=2)
-def corpus_for(path: str | None) -> Corpus:
+def corpus_for(source: DataSource | str | None) -> Corpus:
     """The corpus, loaded once per process (a reused Ray actor runs many trials)."""
-    return load_corpus(path)
+    return load_corpus(source)
 
 
 def hardware_fingerprint(config: StudyConfig) -> dict[str, Any]:

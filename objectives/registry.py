@@ -2,9 +2,12 @@
 for any probe task; the others are fixed entries of ``OBJECTIVES``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from objectives.base import Direction, Objective
+from objectives.plugins import installed_objectives, plugin_objective
 from objectives.stability import stability
 
 PROBE_PREFIX = "probe:"
@@ -52,7 +55,23 @@ _ALL = [
     _measured("decode_memory_mb", "minimize", "MB", "peak memory while decoding"),
     _measured("energy_j_per_token", "minimize", "J/token", "training energy per token (NVML; GPUs only)"),
 ]
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in _ALL}
+BUILTIN_OBJECTIVES: Mapping[str, Objective] = MappingProxyType({o.name: o for o in _ALL})
+# An objective added here at run time exists in this process only: a user's objective is named
+# by import path or entry point instead (objectives/plugins.py).
+OBJECTIVES: dict[str, Objective] = dict(BUILTIN_OBJECTIVES)
+
+# The phase of a measurement (``MeasureSettings.include`` in nas/measure) each measured objective
+# comes from: a study that leaves the phase out would fail every trial.
+MEASURE_PHASE: dict[str, str] = {
+    "train_tokens_per_s": "train", "train_tokens_per_s_corrected": "train", "mfu": "train",
+    "energy_j_per_token": "train", "prefill_tokens_per_s": "prefill", "prefill_tokens_per_s_corrected": "prefill",
+    "decode_tokens_per_s": "decode", "decode_tokens_per_s_corrected": "decode",
+    "peak_memory_mb": "memory", "decode_memory_mb": "memory",
+}
+# Incremental decoding: an encoder (causal=false) has none, so these are never measured for it.
+DECODING: frozenset[str] = frozenset({"decode_tokens_per_s", "decode_tokens_per_s_corrected", "decode_memory_mb"})
+# Read from NVML's total-energy counter of an NVIDIA GPU: nothing else measures them.
+NVML_ENERGY: frozenset[str] = frozenset({"energy_j_per_token"})
 
 
 def probe_objective(task: str) -> Objective:
@@ -70,11 +89,19 @@ def probe_objective(task: str) -> Objective:
 
 
 def get_objective(name: str) -> Objective:
+    """A built-in objective, ``probe:<task>``, ``"package.module:attr"`` or an installed entry point
+    of ``qkvnas.objectives`` (objectives/plugins.py)."""
     if name.startswith(PROBE_PREFIX):
         return probe_objective(name[len(PROBE_PREFIX):])
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective {name!r} is not known; use one of {sorted(OBJECTIVES)} or probe:<task>")
-    return OBJECTIVES[name]
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    objective = plugin_objective(name)
+    if objective is None:
+        installed = installed_objectives()
+        raise ValueError(f"objective {name!r} is not known; use one of {sorted(BUILTIN_OBJECTIVES)}, probe:<task>"
+                         f"{', an installed one ' + str(installed) if installed else ''} or an import path "
+                         "'package.module:objective'")
+    return objective
 
 
 def probe_task(name: str) -> str | None:

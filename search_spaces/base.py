@@ -50,15 +50,16 @@ class SearchSpace(Protocol):
 
 
 def kv_heads_for(n_heads: int, choice: str) -> int:
-    """K/V heads for 'mha', 'mqa' or 'gqa<G>' (G K/V heads; half the query heads when G does not fit)."""
+    """K/V heads for 'mha', 'mqa' or 'gqa<G>' (G K/V heads). G equal to the query heads (the full
+    space samples the head count) gives half of them, as every study has done so far."""
     if choice == "mha":
         return n_heads
     if choice == "mqa":
         return 1
-    if choice.startswith("gqa"):
-        groups = int(choice[3:])
+    if choice.startswith("gqa") and choice[3:].isdigit() and int(choice[3:]) >= 1:
+        groups = int(choice[3:])  # a space checks that G divides its head counts (search_spaces/check.py)
         return groups if n_heads % groups == 0 and groups < n_heads else max(1, n_heads // 2)
-    raise ValueError(f"kv sharing {choice!r} is not known; use 'mha', 'gqa<G>' or 'mqa'")
+    raise ValueError(f"kv sharing {choice!r} is not known; use 'mha', 'gqa<G>' (G >= 1) or 'mqa'")
 
 
 class FixedChoices:
@@ -85,6 +86,9 @@ def enumerate_designs(space: SearchSpace) -> list[tuple[dict[str, Any], ArchSpec
     """Every distinct design of a finite space, with the first parameters that give it, in the
     order of ``space.grid()``. Two parameter choices that build the same model (e.g. gqa2 and
     mha with two heads) are one design."""
+    if not callable(getattr(space, "grid", None)):  # a user's space may leave it out (search_spaces/plugins.py)
+        raise ValueError(f"space {getattr(space, 'name', type(space).__name__)!r} has no grid() listing its choices; "
+                         "add one to tabulate it")
     seen: set[str] = set()
     out = []
     for params in space.grid():

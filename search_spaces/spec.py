@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,14 +20,18 @@ ATTN_KINDS: tuple[str, ...] = ("attention", "none", "mixer")
 POS_KINDS: tuple[str, ...] = ("rope", "learned", "none")
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "relu2", "swiglu")
+INIT_SCHEMES: tuple[str, ...] = ("gpt2", "torch_default")
+OMITTED_AT_DEFAULT: dict[str, object] = {"init": "gpt2", "head_bias": False}  # see ModelDims
 SYMMETRIC_PROJ: tuple[str, ...] = ("qk_v", "qkv_single")  # score map is K·Kᵀ
 V_TIED_PROJ: tuple[str, ...] = ("q_kv", "qkv_single")  # V is K: cache holds K only
 ASYM_CHANNELS = 10  # m in the paper's (n, n, m) positional tensor
 DCONV_KERNEL = 3  # Primer-EZ: depthwise 3x1 causal convolution
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, up_to: int = 1024) -> list[int]:
+    """The divisors of ``n`` up to ``up_to`` (and ``n`` itself): bounded, so that an absurd
+    width in a spec gets its error at once."""
+    return [d for d in range(1, min(n, up_to) + 1) if n % d == 0] + ([n] if n > up_to else [])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +96,10 @@ class ModelDims:
     bias: bool = False
     tie_embeddings: bool = True
     causal: bool = True  # False: bidirectional encoder (probe tasks), no decoding
+    # The QKV-variants paper's setup needs these two; at their defaults they are left out of the
+    # JSON, so every design written before them keeps its JSON and hash.
+    init: Literal["gpt2", "torch_default"] = "gpt2"  # gpt2: N(0, 0.02), residual outputs / sqrt(2L)
+    head_bias: bool = False  # a bias on the output logits (an untied head's, or beside the tied one)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +132,9 @@ class ArchSpec(ModelDims):
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["layers"] = [_layer_dict(layer) for layer in self.layers]
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -145,11 +157,7 @@ class ArchSpec(ModelDims):
 
     @classmethod
     def load(cls, path: str) -> ArchSpec:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            raise ValueError(f"spec file {path!r} does not exist; give the path of a JSON spec") from None
+        text = read_spec_text(path)
         try:
             return cls.from_json(text)
         except ValueError as err:
@@ -172,13 +180,14 @@ class ArchSpec(ModelDims):
         _check_choice("pos", self.pos, POS_KINDS)
         _check_choice("norm", self.norm, NORM_KINDS)
         _check_choice("activation", self.activation, ACTIVATIONS)
-        for name in ("bias", "tie_embeddings", "causal"):
+        _check_choice("init", self.init, INIT_SCHEMES)
+        for name in ("bias", "tie_embeddings", "causal", "head_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         if not self.layers:
             raise ValueError("layers is empty; give at least one layer, e.g. [{\"proj\": \"qkv\"}]")
         if self.d_model % self.n_heads:
-            ok = [h for h in _divisors(self.d_model) if h <= 64]
+            ok = [h for h in _divisors(self.d_model, 64) if h <= 64]
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}; use one of {ok}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(
@@ -244,7 +253,8 @@ class ArchSpec(ModelDims):
         j = layer.kv_from
         assert j is not None
         if not 0 <= j < i:
-            raise ValueError(f"{where} must point to an earlier layer (0..{i - 1}); a layer cannot read K/V from itself or later")
+            earlier = f"an earlier layer (0..{i - 1})" if i else "an earlier layer, and layer 0 has none: remove kv_from"
+            raise ValueError(f"{where} must point to {earlier}; a layer cannot read K/V from itself or later")
         src = self.layers[j]
         if not src.has_attention:
             raise ValueError(f"{where}: layer {j} has attn={src.attn!r} and makes no K/V; point to an attention layer")
@@ -263,6 +273,28 @@ class ArchSpec(ModelDims):
             raise ValueError(f"{where}: window={layer.window} must match layer {j}'s window={src.window}")
         if layer.dconv:
             raise ValueError(f"{where}: dconv convolves this layer's own K/V, which it does not have; set dconv false")
+
+
+def read_spec_text(path: str) -> str:
+    """The text of a spec file; a path that is no readable UTF-8 file is a one-line error."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ValueError(f"spec file {path!r} does not exist; give the path of a JSON spec") from None
+    except IsADirectoryError:
+        specs = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".json"))[:1]
+        hint = f", e.g. {specs[0]}" if specs else " (an export keeps them in specs/<hash>.json)"
+        raise ValueError(f"{path} is a folder; give the path of one JSON spec file{hint}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (not UTF-8); give a JSON spec such as "
+                         '{"d_model": 128, "layers": [{"proj": "qkv"}]}') from None
+    except OSError as err:
+        raise ValueError(f"cannot read spec file {path!r}: {err.strerror}; give a readable JSON spec") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; write a JSON spec such as "
+                         '{"d_model": 128, "layers": [{"proj": "qkv"}]}')
+    return text
 
 
 def _layer_dict(layer: LayerSpec) -> dict[str, Any]:

@@ -119,3 +119,13 @@ def test_kv_elements_per_token_equal_each_layers_cache(name):
         model(torch.randint(0, 64, (2, 3)), cache)  # 3 tokens: within every zoo window
     for layer, lc in zip(spec.layers, cache.layers):
         assert sum(t.numel() for t in lc.per_token_tensors()) == 2 * 3 * kv_elements_per_token(spec, layer)
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 7, 40])
+@pytest.mark.parametrize("T", [1, 2, 5, 32])
+def test_mean_keys_closed_form_is_the_sum_over_queries(T, window):
+    from nas.costs import _mean_keys
+    from search_spaces.spec import LayerSpec
+
+    w = T if window is None else window
+    assert _mean_keys(TINY, LayerSpec(window=window), T, True) == sum(min(i + 1, w) for i in range(T)) / T

@@ -111,12 +111,15 @@ def test_parquet_single_shard_integer_column(tmp_path: Path) -> None:
 
 
 def test_parquet_list_column_of_documents(tmp_path: Path) -> None:
-    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]] * 30
+    docs = [[1, 2, 3], [4, 5], [], [6, 7, 8, 9]] * 30
     pq.write_table(pa.table({"input_ids": docs, "other": list(range(len(docs)))}), tmp_path / "docs.parquet")
     corpus = load_corpus(tmp_path / "docs.parquet", vocab_size=50)
-    flat = np.array([t for d in docs for t in d])
+    # Joined with an end-of-document id between documents (an empty one is no document): a new id
+    # after the vocabulary given.
+    kept = [d for d in docs if d]
+    flat = np.array([t for i, d in enumerate(kept) for t in ([50] if i else []) + d])
     assert np.array_equal(np.concatenate([corpus.train, corpus.val]), flat)
-    assert corpus.vocab_size == 50
+    assert corpus.eos_id == 50 and corpus.vocab_size == 51
 
 
 @pytest.mark.parametrize("fmt", ["ipc_file", "ipc_stream", "feather"])
@@ -190,6 +193,20 @@ def test_empty_inputs_are_errors(tmp_path: Path) -> None:
     pq.write_table(pa.table({"tokens": pa.array([], pa.int32())}), folder / "zero_rows.parquet")
     with pytest.raises(ValueError, match="hold no tokens"):
         load_corpus(folder)
+
+
+def test_text_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    import gzip
+
+    prose = "Voilà l'été, où ça ? Très bien. ".encode("latin-1") * 300  # Latin-1: not UTF-8, still text
+    (tmp_path / "latin1.txt").write_bytes(prose)
+    assert load_corpus(tmp_path / "latin1.txt").train.size > 0
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(prose))
+    with pytest.raises(ValueError, match="gzip-compressed.*gunzip"):
+        load_corpus(tmp_path / "a.txt.gz")
+    (tmp_path / "noise.txt").write_bytes(np.random.default_rng(0).integers(1, 256, 50_000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="looks binary.*not UTF-8"):  # no NUL byte: caught by its UTF-8 share
+        load_corpus(tmp_path / "noise.txt")
 
 
 def test_mixed_folder_is_an_error(tmp_path: Path) -> None:

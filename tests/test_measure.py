@@ -27,7 +27,8 @@ from nas.model import build_model
 from search_spaces.spec import ArchSpec, LayerSpec, uniform
 from tests.conftest import ZOO, zoo_spec
 
-FAST = dict(warmup=1, repeats=2, min_repeat_s=0.0, threads=1)
+# One try each: these tests check the figures; contention and its remeasures are tests/test_noisy.py's.
+FAST = dict(warmup=1, repeats=2, min_repeat_s=0.0, threads=1, max_remeasures=0)
 
 
 def tiny(**kw) -> ArchSpec:
@@ -259,6 +260,12 @@ def test_include_skips_phases_with_a_reason():
                 "decode_tokens_per_s_corrected", "peak_memory_mb", "mfu", "kv_cache_bytes"):
         assert m[key] is None and m["unavailable"][key]
     assert m["prefill_tokens_per_s_corrected"] > 0
+    assert len(m["tries"]) == 1 and m["noisy"] == m["tries"][0]  # checked for contention, whatever it found
+
+
+def test_a_phase_without_timed_repeats_is_never_noisy():
+    m = M.measure(tiny(), M.MeasureSettings(include=("memory",), warmup=1, repeats=2, min_repeat_s=0.0, threads=1))
+    assert m.noisy == {} and m.tries == ({},)  # nothing to disagree, no reference: one try, quiet
 
 
 def test_measure_leaves_the_callers_rng_alone():

@@ -334,13 +334,13 @@ budget = { steps = 3 }
 """
 
 
-@pytest.mark.parametrize("preset", ["paper_synthetic", "causal_probes"])
+@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_small", "paper_synthetic_gpu", "causal_probes"])
 def test_shipped_presets_parse(preset: str) -> None:
     from nas.probing import load_suite, preset_names
 
     assert preset in preset_names()
     config = load_suite(preset)
-    assert set(config.variants) == {"qkv", "qk_v", "qk_v+2d", "q_kv", "qkv_single", "qkv_single+2d", "mixer"}
+    assert {"qkv", "qk_v", "q_kv", "qkv_single"} <= set(config.variants)
     assert config.seeds >= 2
 
 
@@ -368,8 +368,9 @@ def test_suite_runs_and_writes_the_table(tmp_path) -> None:
     assert cell["mean"] == pytest.approx(np.mean(mine)) and cell["std"] == pytest.approx(np.std(mine, ddof=1))
     markdown = (tmp_path / "table.md").read_text()
     assert markdown == result["markdown"] and "| variant | copy | swap |" in markdown
-    mixer_row = next(line for line in markdown.splitlines() if line.startswith("| mixer |"))
-    assert mixer_row.endswith(f"| {cell['mean']:.3f} ± {cell['std']:.3f} |")
+    mixer_row = next(line for line in markdown.splitlines() if line.startswith("| mixer |") and "±" in line)
+    grand = np.mean([r["value"] for r in runs if r["variant"] == "mixer"])
+    assert mixer_row.endswith(f"| {cell['mean']:.3f} ± {cell['std']:.3f} | {grand:.3f} |")
 
 
 @pytest.mark.parametrize("where, key, value, message", [

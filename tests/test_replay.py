@@ -209,7 +209,9 @@ def test_a_table_read_back_from_parquet_replays_the_same(tmp_path) -> None:
 # ---- thresholds, multi-fidelity replay, sampler options -------------------------------------
 def test_thresholds_read_the_seed_mean_front_never_the_lucky_told_one() -> None:
     table = synthetic_table(noise=0.3)  # loud seeds: the told front passes the true one by luck
-    run = replay_one(table, sampler="random", seed=0, trials=40, objectives=OBJECTIVES)
+    # (sampler seed 7: a draw in which that luck happens; the replay proposes no repeat while
+    # designs are left, so all 12 are evaluated in the first 12 trials, each at one drawn seed)
+    run = replay_one(table, sampler="random", seed=7, trials=40, objectives=OBJECTIVES)
     assert max(t.hv_fraction for t in run.trials) > 1.0 >= max(t.hv_fraction_mean for t in run.trials)
     first = next(t for t in run.trials if t.hv_fraction_mean >= 0.9)
     assert run.reach(0.9) == (first.number + 1, first.tokens)

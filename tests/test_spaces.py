@@ -58,3 +58,26 @@ def test_bad_space_options_are_errors():
         get_space("paper", layers=3)
     with pytest.raises(ValueError, match="n_heads=3 must divide d_model=64"):
         get_space("paper", base={"n_heads": 3})
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("paper", {"projs": ["qkvx"]}, "option projs: 'qkvx' is not known"),
+    ("paper", {"projs": "qkv"}, "projs='qkv' must be a non-empty list"),
+    ("per_layer", {"kv_sharing": ["gqa3"]}, r"'gqa3' asks for 3 K/V heads, which does not divide n_heads=4; "
+                                            r"use some of \['mha', 'mqa', 'gqa2'\]"),
+    ("paper", {"kv_sharing": ["mha", "mha"]}, "more than once"),
+    ("full", {"kv_sharing": ["gqa4"]}, r"does not divide every n_heads in \[2, 4\]"),
+    ("full", {"mixers": ["attn"]}, "option mixers: 'attn' is not known"),
+    ("full", {"d_models": [64, 30]}, "d_model=30 with n_heads=2"),
+    ("full", {"rank_fractions": [1.0]}, "strictly between 0 and 1"),
+    ("full", {"n_layers_range": [0, 2]}, "n_layers_range"),
+])
+def test_space_options_that_cannot_be_sampled_are_errors(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        get_space(name, **options)
+
+
+def test_kv_sharing_equal_to_the_heads_keeps_its_fallback():
+    # gqa2 with two heads: the documented fallback to one K/V head (test_table), still accepted.
+    space = get_space("paper", base={"n_heads": 2, "d_model": 32, "ffn_dim": 64})
+    assert space.sample(optuna.trial.FixedTrial({"proj": "qkv", "kv_sharing": "gqa2"})).layers[0].n_kv_heads == 1

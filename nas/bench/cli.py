@@ -36,8 +36,10 @@ def _cmd_tabulate(args: argparse.Namespace) -> int:
     config = load_table_config(args.config or args.preset, args.overrides)
     run = run_table(config, executor=args.executor, address=args.ray_address, progress=not args.quiet)
     if run.engine.interrupted:
+        from nas.engine.outcome import interrupted_code
+
         print(f"interrupted: {run.runs} runs in the table so far; run the same command again to continue")
-        return 130
+        return interrupted_code()  # 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     print(f"table {config.name}: {run.runs} runs ({run.complete} complete, {run.failed} failed) written to {run.table}")
     return 0
 

@@ -34,7 +34,7 @@ from nas.bench.schema import Table
 from nas.common import atomic_write, atomic_write_json, torch_threads
 from nas.common import jsonable
 from nas.engine.rungs import RungPlan, RungScheduler
-from nas.engine.sampler import SAMPLERS, make_sampler
+from nas.engine.sampler import SAMPLERS, DistinctDesigns, make_sampler
 from search_spaces import enumerate_designs, get_space
 from search_spaces.base import SearchSpace
 
@@ -187,7 +187,9 @@ def _replay(ctx: ReplayContext, sampler: str, seed: int, trials: int, options: d
     """``scheduler``: FULL_BUDGET, or the name of the scheduler whose rungs are ``ctx.plan``."""
     start = time.perf_counter()
     with _quiet_optuna(), _one_torch_thread(sampler):
-        study = optuna.create_study(directions=ctx.directions, sampler=make_sampler(sampler, seed, options))
+        # As a live study proposes (nas/study/job.py): no design the study has while the space has others.
+        study = optuna.create_study(directions=ctx.directions,
+                                    sampler=DistinctDesigns(make_sampler(sampler, seed, options), ctx.space, seed=seed))
         rungs = None if scheduler == FULL_BUDGET else _plan(ctx).scheduler()
         first: dict[str, ReplayTrial] = {}
         told, found = _Front(ctx), _Front(ctx)

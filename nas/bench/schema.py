@@ -82,7 +82,11 @@ def read_table(path: str | Path) -> Table:
     import pyarrow.parquet as pq
 
     file = resolve_table_path(path)
-    table = pq.read_table(file)
+    try:
+        table = pq.read_table(file)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"{file} is not a readable Parquet table; give the table.parquet `qkvnas tabulate` "
+                         "wrote") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise ValueError(f"{file} is not a qkvnas table (no {META_KEY.decode()} metadata); make one with `qkvnas tabulate`")

@@ -22,6 +22,7 @@ from nas import engine
 from nas.bench.config import CONFIG_FILE, TableConfig
 from nas.bench.schema import COST_OBJECTIVES, META_KEY, SCHEMA_VERSION, TABLE_FILE
 from nas.common import atomic_write, atomic_write_json
+from nas.engine import attrs
 from nas.engine.compat import fixed_params, set_metric_names
 from nas.engine.job import ConfiguredJob, Payload, Record, Report
 from nas.engine.lifecycle import EngineRun, Executor
@@ -108,7 +109,7 @@ def table_rows(study: optuna.Study, job: TableJob) -> list[dict[str, Any]]:
 
 
 def _row(job: TableJob, key: tuple[int, int], trial: FrozenTrial) -> dict[str, Any]:
-    a = trial.user_attrs
+    a = attrs.read(trial)  # user attributes and the bulk (nas/engine/attrs.py)
     params, spec = job.designs[key[0]]
     points = (a.get("curve") or {}).get("points") or []
     values = {k: _float(v) for k, v in (a.get("objective_values") or {}).items()}

@@ -45,6 +45,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (not UTF-8); give a TOML config file") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}; give a readable TOML file") from None
 
 
 def load_raw(path_or_preset: str | Path, kind: Kind, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], Path]:

@@ -8,7 +8,7 @@ this is the validated front of it, with the defaults of a small CPU model.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,10 @@ class ModelStyle(Section):
     activation: Literal["gelu", "relu2", "swiglu"] = "gelu"
     bias: bool = False
     tie_embeddings: bool = True
+    # Left out of a stored config at their defaults, so configs written before them keep their digest.
+    init: Annotated[Literal["gpt2", "torch_default"],
+                    Field(exclude_if=lambda v: v == "gpt2")] = "gpt2"  # gpt2: N(0, 0.02); torch_default: PyTorch's
+    head_bias: Annotated[bool, Field(exclude_if=lambda v: v is False)] = False  # a bias on the output logits
 
 
 class ModelShape(ModelStyle):

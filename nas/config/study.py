@@ -12,19 +12,23 @@ file and the stored config keep them flat (``[budget] lr = 3e-3``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from nas.config.base import Section, run_folder, validate
 from nas.config.loader import apply_override, load_raw
+from nas.config.sweep import LRSweep
+from nas.corpus import DataSource
 from nas.measure import MeasureSettings
 from nas.probing.probe import ProbeBudget
 from nas.train import TrainBudget
 from objectives import get_objective
+from objectives.registry import DECODING, MEASURE_PHASE, NVML_ENERGY
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -100,6 +104,13 @@ class FidelityConfig(Section):
         return tuple(sorted({max(1, round(r * budget_tokens)) for r in self.rungs}))
 
 
+class ExportConfig(Section):
+    """``[export]``: ``weights = true`` keeps every trained trial's weights in the study folder
+    (``weights/<spec hash>-s<seed>/``, nas.weights) and the export copies the front's."""
+
+    weights: bool = False
+
+
 class RayConfig(Section):
     address: str | None = None  # None: a local Ray starts and stops with the run
     dashboard: bool = False
@@ -112,7 +123,10 @@ class StudyConfig(Section):
     name: str
     directory: str | None = None  # None → studies/<name>
     space: SpaceConfig = Field(default_factory=SpaceConfig)
-    data: str | None = None  # None → the shipped Shakespeare corpus
+    # None → the shipped Shakespeare corpus; a path (``data = "corpus/"``), or a table
+    # (``[data] path, tokenizer, vocab_size``: nas/corpus.py). A path alone is stored as the plain
+    # string it always was, so studies stored before the table resume unchanged.
+    data: DataSource | None = None
     budget: TrainBudget
     objectives: tuple[str, ...]
     constraints: dict[str, float] = Field(default_factory=dict)
@@ -124,6 +138,38 @@ class StudyConfig(Section):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    # Each trial trains at every one of these learning rates and keeps its best run, so a design
+    # is never ranked only by how well the shared lr suits it. Left out of a stored config while
+    # unset, so studies stored before it resume unchanged.
+    lr_sweep: Annotated[LRSweep | None, Field(exclude_if=lambda v: v is None)] = None
+    # Left out of a stored config at its default, as lr_sweep.
+    export: Annotated[ExportConfig, Field(exclude_if=lambda v: v == ExportConfig())] = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> StudyConfig:
+        if self.lr_sweep is None:
+            return self
+        self.lr_sweep.check_shared(self.budget.lr, "budget")
+        if self.fidelity.scheduler != "none":
+            raise ValueError("lr_sweep trains each trial at several learning rates, which rungs of one learning "
+                             "curve cannot rank; set fidelity.scheduler = \"none\" or remove lr_sweep")
+        return self
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _path_is_a_source(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"path": value}
+        if value is not None and not isinstance(value, (dict, DataSource)):
+            raise ValueError(f"{value!r} is no data; give a path (data = \"corpus/\") or a [data] table of path, "
+                             "tokenizer and vocab_size")
+        return value
+
+    @field_serializer("data")
+    def _plain_path(self, data: DataSource | None) -> str | dict[str, Any] | None:
+        if data is None or data.plain:
+            return None if data is None else data.path
+        return {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
 
     @field_validator("name")
     @classmethod
@@ -160,7 +206,27 @@ class StudyConfig(Section):
             raise ValueError(f"space: {err}") from None
         return self
 
+    @model_validator(mode="after")
+    def _check_measurable(self) -> StudyConfig:
+        """Every measured objective or constraint comes from a phase the measurement runs."""
+        causal = (self.space.options.get("base") or {}).get("causal", True)
+        for name in self.wanted:
+            phase = MEASURE_PHASE.get(name)
+            if phase is not None and phase not in self.measure.include:
+                raise ValueError(f"{name!r} is measured in the {phase!r} phase, which measure.include="
+                                 f"{list(self.measure.include)} leaves out; add {phase!r} to measure.include "
+                                 f"or drop {name!r}")
+            if name in DECODING and causal is False:
+                raise ValueError(f"{name!r} times incremental decoding, which an encoder (space.options.base."
+                                 "causal = false) does not do; drop it or set causal = true")
+        return self
+
     # ---- derived -----------------------------------------------------------------
+    @property
+    def wanted(self) -> list[str]:
+        """The objectives and the objectives the constraints bound."""
+        return list(self.objectives) + [constraint_objective(key)[1] for key in self.constraints]
+
     @property
     def study_dir(self) -> Path:
         return run_folder(self.directory, self.name)
@@ -168,8 +234,7 @@ class StudyConfig(Section):
     @property
     def needs(self) -> frozenset[str]:
         """What a trial has to do: {"costs", "measure", "train", "probe"} ∩ objectives ∪ constraints."""
-        names = list(self.objectives) + [constraint_objective(key)[1] for key in self.constraints]
-        return frozenset().union(*(get_objective(name).needs for name in names))
+        return frozenset().union(*(get_objective(name).needs for name in self.wanted))
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -188,6 +253,28 @@ class StudyConfig(Section):
     def from_json(cls, text: str, *, source: str = "stored config") -> StudyConfig:
         return validate(cls, json.loads(text), source)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, overrides: list[str] | tuple[str, ...] = (),
+                  source: str = "study dict") -> StudyConfig:
+        """A plain dict with the keys of a study file (lists where the file has arrays), with
+        ``key.path=value`` overrides; a ValueError of one line for any mistake, as for a file."""
+        raw = json.loads(json.dumps(data, default=str))  # a copy the overrides may change
+        for item in overrides:
+            apply_override(raw, item)
+        return validate(cls, raw, source)
+
+    @classmethod
+    def model_validate(cls, obj: Any, *, strict: bool | None = None, extra: Any = None,
+                       from_attributes: bool | None = None, context: Any | None = None, by_alias: bool | None = None,
+                       by_name: bool | None = None) -> Self:
+        """A dict is validated as the JSON it would be: strict Python-mode validation would refuse
+        every list where a section keeps a tuple, and a dict from TOML or JSON has only lists."""
+        if isinstance(obj, dict):
+            return cls.model_validate_json(json.dumps(obj, default=str), strict=strict, extra=extra, context=context,
+                                           by_alias=by_alias, by_name=by_name)
+        return super().model_validate(obj, strict=strict, extra=extra, from_attributes=from_attributes,
+                                      context=context, by_alias=by_alias, by_name=by_name)
+
 
 def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
     """``"max_params"`` → ("max", "params"): a constraint is a bound on an objective's value."""
@@ -199,6 +286,27 @@ def constraint_objective(key: str) -> tuple[Literal["max", "min"], str]:
     except ValueError as err:
         raise ValueError(f"constraint {key!r}: {err}") from None
     return bound, name  # type: ignore[return-value]
+
+
+def check_hardware(config: StudyConfig, ray_address: str | None = None) -> None:
+    """Refuse, before a local run starts, an objective this machine cannot measure: NVML energy
+    without an NVIDIA GPU whose driver reports it. Not checked for a Ray cluster elsewhere (its
+    nodes, not this one, measure), nor at load: a study stored elsewhere still exports here."""
+    energy = [name for name in config.wanted if name in NVML_ENERGY]
+    if not energy or ray_address or config.ray.address:
+        return
+    from nas.device import resolve_device
+    from nas.measure.fingerprint import Nvml
+
+    try:
+        device = resolve_device(config.measure.device)
+    except ValueError as err:
+        raise ValueError(f"measure.device: {err}") from None
+    reason = Nvml(device).energy_reason()
+    if reason is not None:
+        raise ValueError(f"{energy[0]!r} is read from NVML's energy counter of an NVIDIA GPU, which the trials "
+                         f"here cannot read ({reason}); drop it from objectives and constraints, or run the study "
+                         "on a machine with an NVIDIA GPU and nvidia-ml-py")
 
 
 def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

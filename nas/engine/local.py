@@ -32,8 +32,12 @@ def run_round(job: Job, study: optuna.Study, n_trials: int, progress: Progress) 
             if job.remaining(study) <= 0:
                 return
             trial, payload = start_trial(job, study, worker)
+            progress.trial_started(trial.number, payload)
             rungs = TrialRungs(plan, scheduler, trial) if plan and scheduler else None
-            told = _run_one(job, study, trial, payload, rungs)
+            try:
+                told = _run_one(job, study, trial, payload, rungs)
+            finally:
+                progress.trial_ended(trial.number)
             if told is not None:
                 progress.trial_finished(told)
 

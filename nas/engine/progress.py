@@ -1,16 +1,20 @@
 """What a user sees while a job runs: one line per finished trial with done / target, the
-time left, and every few trials the job's summary (a study's current front)."""
+time left, every few trials the job's summary (a study's current front), and a finish line
+with, for a study with a hypervolume reference point (nas/engine/hypervolume.py), its
+hypervolume and how it grew. While trials run, a live line (nas/engine/live.py): each running
+trial's design, time so far, phase and tokens trained."""
 from __future__ import annotations
 
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from nas.common import fmt_duration
+from nas.engine import hypervolume, live
 
 if TYPE_CHECKING:
     from nas.engine.job import Job
@@ -37,11 +41,28 @@ class Progress:
         self.t0 = time.monotonic()
         self.finished_here = 0
         self.durations: list[float] = []
+        # The phase and tokens of a running trial: from the files its worker keeps in the job's folder.
+        self.live = live.LiveLine(self.out, getattr(job, "live_folder", None))
 
     def start(self, header: str) -> None:
         self._print(header)
+        if self.enabled:
+            self.live.start()
+
+    def close(self) -> None:
+        """Stop the live line (the run ended, or was interrupted)."""
+        self.live.close()
+
+    def trial_started(self, number: int, payload: dict[str, Any]) -> None:
+        """The executor started trial ``number``; its design comes from its worker's live file."""
+        self.live.started(number, "")
+
+    def trial_ended(self, number: int) -> None:
+        """A trial that is not told here (requeued, lost its worker): no longer running."""
+        self.live.ended(number)
 
     def trial_finished(self, trial: FrozenTrial) -> None:
+        self.live.ended(trial.number)
         self.finished_here += 1
         if trial.duration is not None:
             self.durations.append(trial.duration.total_seconds())
@@ -54,7 +75,9 @@ class Progress:
             self._summary(final=False)
 
     def finish(self, line: str) -> None:
-        self._print(f"done in {fmt_duration(time.monotonic() - self.t0)}: {line}")
+        self.close()
+        grown = hypervolume.study_text(self.study) if self.enabled else None
+        self._print(f"done in {fmt_duration(time.monotonic() - self.t0)}: {line}" + (f"; {grown}" if grown else ""))
         self._summary(final=True)
 
     def _summary(self, *, final: bool) -> None:
@@ -67,4 +90,6 @@ class Progress:
 
     def _print(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.out, flush=True)
+            with self.live.lock:
+                self.live.clear()
+                print(text, file=self.out, flush=True)

@@ -3,6 +3,8 @@
 A worker killed with SIGKILL leaves its trials RUNNING. ``recover_stale_trials`` marks those
 whose worker is gone as FAIL (``stale=True``) and enqueues their parameters again, so the study
 still reaches its target; stale trials do not count towards it (``record.count_done``).
+A trial whose Ray worker was lost while the driver lives on (its node died, its process was
+killed) is requeued the same way by ``requeue_lost``, a limited number of times.
 """
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.engine import compat
-from nas.engine.record import ATTR_REASON, ATTR_RETRY_OF, ATTR_STALE, ATTR_WORKER
+from nas.engine.heartbeat import stale_ids
+from nas.engine.record import ATTR_ERROR, ATTR_REASON, ATTR_RETRY_OF, ATTR_STALE, ATTR_WORKER
+
+ATTR_LOST = "lost_workers"  # how many times this design's earlier trials lost their worker
+MAX_LOST = 2  # then the design fails: one that kills its worker every time (memory) must not loop
 
 
 def worker_identity() -> dict[str, Any]:
@@ -53,10 +59,14 @@ def recover_stale_trials(study: optuna.Study, *, all_running: bool) -> list[int]
 
     ``all_running``: the caller knows no other worker can be running (it holds the SQLite
     lock), so every RUNNING trial is stale. Otherwise only trials whose worker ran on this host
-    and is dead are; trials of live or remote workers are left alone. Returns the trial numbers.
+    and is dead are, and on a storage with a heartbeat (a database) those of a remote worker
+    whose heartbeat stopped; trials of live workers are left alone. Returns the trial numbers.
     """
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if all_running or worker_alive(t.user_attrs.get(ATTR_WORKER)) is False]
+    silent = stale_ids(study) if running and not all_running else set()
+    alive = {t.number: worker_alive(t.user_attrs.get(ATTR_WORKER)) for t in running}
+    stale = [t for t in running if all_running or alive[t.number] is False
+             or (alive[t.number] is None and compat.trial_id_of(t) in silent)]
     return fail_and_requeue(study, stale, "interrupted: its worker stopped before the trial finished")
 
 
@@ -68,14 +78,29 @@ def release_own_trials(study: optuna.Study) -> list[int]:
     return fail_and_requeue(study, mine, "interrupted before it finished")
 
 
-def fail_and_requeue(study: optuna.Study, trials: list[FrozenTrial], reason: str) -> list[int]:
+def fail_and_requeue(study: optuna.Study, trials: list[FrozenTrial], reason: str,
+                     carry: dict[str, Any] | None = None) -> list[int]:
     """Mark ``trials`` FAIL as stale (they do not count towards the target) and enqueue their
-    parameters, so the sampler's choice is evaluated after all. Returns the trial numbers."""
+    parameters, so the sampler's choice is evaluated after all; ``carry``: more attributes for
+    the queued trial. Returns the trial numbers."""
     numbers = []
     for trial in trials:
         if not compat.fail_trial(study, trial, {ATTR_STALE: True, ATTR_REASON: reason}):
             continue  # finished meanwhile (another process told it): nothing to recover
         numbers.append(trial.number)
         if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial.number})
+            study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial.number, **(carry or {})})
     return numbers
+
+
+def requeue_lost(study: optuna.Study, trial: FrozenTrial, what: str) -> bool:
+    """A trial whose worker was lost (``what``: how): requeued as an interrupted one, or, if
+    its design lost its worker ``MAX_LOST`` times already, FAIL with the reason (counted, so
+    the study goes on). True when requeued."""
+    lost = int(trial.user_attrs.get(ATTR_LOST, 0))
+    if lost < MAX_LOST:
+        return bool(fail_and_requeue(study, [trial], f"interrupted: its Ray worker was lost ({what})",
+                                     carry={ATTR_LOST: lost + 1}))
+    compat.fail_trial(study, trial, {ATTR_REASON: f"its Ray worker was lost {lost + 1} times ({what})",
+                                     ATTR_ERROR: what})
+    return False

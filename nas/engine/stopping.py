@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.engine.record import ATTR_DUPLICATE_OF, ATTR_REASON, is_stale
+from nas.engine import attrs
+from nas.engine.record import ATTR_DUPLICATE_OF, ATTR_REASON, current, is_stale
 from nas.engine.rungs import Decision, RungPlan, RungScheduler
 
 ATTR_RUNGS = "rungs"  # the trial's decisions, one dict per rung reached
@@ -29,7 +30,7 @@ def restored_scheduler(plan: RungPlan, study: optuna.Study) -> RungScheduler:
     """The plan's scheduler with every decision already recorded by a trial that finished."""
     scheduler = plan.scheduler()
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    for t in study.get_trials(deepcopy=False, states=states):
+    for t in current(study.get_trials(deepcopy=False, states=states)):  # a trial measured again decided once
         if is_stale(t):
             continue
         for d in t.user_attrs.get(ATTR_RUNGS) or []:
@@ -73,9 +74,9 @@ def prune(study: optuna.Study, rungs: TrialRungs, decision: Decision) -> None:
 
 def stopping_summary(study: optuna.Study, budget_tokens: int) -> dict[str, Any]:
     """How many trials stopped at each rung and the share of training tokens that saved."""
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished = current(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     trained = [t for t in finished if ATTR_DUPLICATE_OF not in t.user_attrs  # a copy trained nothing
-               and ("train" in t.user_attrs or ATTR_TOKENS_SPENT in t.user_attrs)]
+               and ("train" in attrs.read(t) or ATTR_TOKENS_SPENT in t.user_attrs)]
     pruned = [t for t in finished if t.state == TrialState.PRUNED]
     by_rung = Counter(int(t.user_attrs.get(ATTR_STOPPED_AT, -1)) for t in pruned)
     spent = sum(_tokens(t, budget_tokens) for t in trained)
@@ -87,4 +88,4 @@ def stopping_summary(study: optuna.Study, budget_tokens: int) -> dict[str, Any]:
 def _tokens(trial: FrozenTrial, budget_tokens: int) -> int:
     if trial.state == TrialState.PRUNED:
         return int(trial.user_attrs.get(ATTR_TOKENS_SPENT, 0))
-    return int((trial.user_attrs.get("train") or {}).get("tokens", budget_tokens))
+    return int((attrs.read(trial).get("train") or {}).get("tokens", budget_tokens))

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -14,6 +14,7 @@ from nas.common import atomic_write_text
 from nas.config import ModelShape, RayConfig, ResourcesConfig, Section, apply_override, load_raw, presets, validate
 from nas.config.base import run_folder, storage_or_sqlite
 from nas.ladder.grid import grid
+from nas.sweep import LRSweep
 from nas.train import TrainBudget, TrainSettings
 
 CONFIG_FILE = "ladder.json"  # the validated config beside the ladder, found by `qkvnas report NAME`
@@ -73,6 +74,10 @@ class LadderConfig(Section):
     storage: str | None = None  # None → SQLite in the ladder folder; any SQLAlchemy URL; journal:PATH
     target: Target = Field(default_factory=Target)
     ray: RayConfig = Field(default_factory=RayConfig)
+    # Every design also at these learning rates (budget.lr among them); the report sets each
+    # design's gap at its own best learning rate beside the gap at the shared one. Left out of
+    # the stored ladder.json while unset, so ladders stored before it resume unchanged.
+    lr_sweep: Annotated[LRSweep | None, Field(exclude_if=lambda v: v is None)] = None
 
     @field_validator("name")
     @classmethod
@@ -123,6 +128,8 @@ class LadderConfig(Section):
                              "(designs = [\"q_kv\"]) or a study export (from_export = \"DIR\")")
         if self.max_export_designs is not None and not self.from_export:
             raise ValueError("max_export_designs applies to from_export designs; set from_export or remove it")
+        if self.lr_sweep is not None:
+            self.lr_sweep.check_shared(self.budget.lr, "budget")
         grid(self)  # every design at every size and budget, so a bad ladder never starts
         return self
 

@@ -43,20 +43,25 @@ class Point:
     params: int  # all trainable parameters
     params_nonembedding: int  # N
     spec_json: str
+    lr: float | None = None  # a learning-rate sweep's value; None: the budget's lr (no sweep)
 
     @property
-    def key(self) -> tuple[int, int, int, float, int]:
-        return (self.design_id, self.d_model, self.repeats, self.tokens_per_param, self.seed)
+    def key(self) -> tuple:
+        """(design_id, d_model, repeats, tokens_per_param, seed), and the lr in a sweep."""
+        base = (self.design_id, self.d_model, self.repeats, self.tokens_per_param, self.seed)
+        return base if self.lr is None else (*base, self.lr)
 
     @property
     def label(self) -> str:
-        return f"{self.design} {self.size} tpp={self.tokens_per_param:g} seed={self.seed}"
+        lr = "" if self.lr is None else f" lr={self.lr:g}"
+        return f"{self.design} {self.size} tpp={self.tokens_per_param:g} seed={self.seed}{lr}"
 
     @property
     def params_dict(self) -> dict[str, Any]:
-        """The point's Optuna parameters."""
-        return {"design_id": self.design_id, "d_model": self.d_model, "repeats": self.repeats,
-                "tokens_per_param": self.tokens_per_param, "seed": self.seed}
+        """The point's Optuna parameters (``lr`` only in a sweep, so older ladders keep theirs)."""
+        params = {"design_id": self.design_id, "d_model": self.d_model, "repeats": self.repeats,
+                  "tokens_per_param": self.tokens_per_param, "seed": self.seed}
+        return params if self.lr is None else {**params, "lr": self.lr}
 
     @property
     def compute(self) -> float:
@@ -72,6 +77,7 @@ def grid(config: LadderConfig, designs: list[Design] | None = None) -> list[Poin
     designs = designs if designs is not None else resolve_designs(config)
     _check_context(config, designs)
     per_step = config.budget.batch_size * (config.budget.seq_len or designs[0].spec.context)
+    lrs: tuple[float | None, ...] = config.lr_sweep.values if config.lr_sweep is not None else (None,)
     points = []
     for size in config.sizes:
         scaled = {d.name: _scaled(d, size) for d in designs}
@@ -86,7 +92,10 @@ def grid(config: LadderConfig, designs: list[Design] | None = None) -> list[Poin
                 )
             for d in designs:
                 for seed in config.seeds:
-                    points.append(_point(d, size, scaled[d.name], tpp, seed, steps * per_step))
+                    for lr in lrs:
+                        points.append(_point(d, size, scaled[d.name], tpp, seed, steps * per_step, lr))
+    if config.lr_sweep is not None:  # the sweep's cheapest fidelity first: its small runs report early
+        return sorted(points, key=lambda p: (p.compute, p.design, p.seed, p.lr or 0.0))
     return sorted(points, key=lambda p: (-p.compute, p.design, p.seed))
 
 
@@ -97,11 +106,12 @@ def _scaled(design: Design, size: SizeStep) -> ArchSpec:
         raise ValueError(f"sizes: design {design.name!r} at {size.label}: {err}") from None
 
 
-def _point(design: Design, size: SizeStep, spec: ArchSpec, tpp: float, seed: int, tokens: int) -> Point:
+def _point(design: Design, size: SizeStep, spec: ArchSpec, tpp: float, seed: int, tokens: int,
+           lr: float | None) -> Point:
     c = costs(spec)
     return Point(design=design.name, baseline=design.baseline, design_id=design.design_id, size=size.label,
                  d_model=size.d_model, repeats=size.repeats, tokens_per_param=tpp, seed=seed, tokens=tokens,
-                 params=c.params, params_nonembedding=c.params - c.embedding_params, spec_json=spec.to_json())
+                 params=c.params, params_nonembedding=c.params - c.embedding_params, spec_json=spec.to_json(), lr=lr)
 
 
 def _check_context(config: LadderConfig, designs: list[Design]) -> None:

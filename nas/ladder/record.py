@@ -24,6 +24,7 @@ OBJECTIVE = "val_loss"
 DESIGN_ID_MAX = 16**12 - 1  # the design's spec hash (12 hex digits) as an integer
 PARAM_RANGES = {"design_id": (0, DESIGN_ID_MAX), "d_model": (1, 1 << 20), "repeats": (1, 4096),
                 "seed": (0, 2**31 - 1)}
+LR_RANGE = (1e-8, 10.0)  # a sweep's learning rates: fixed, so a sweep can grow
 
 
 def open_ladder(config: LadderConfig, storage: BaseStorage | None = None) -> optuna.Study:
@@ -59,13 +60,14 @@ def _check_compatible(study: optuna.Study, config: LadderConfig) -> None:
                              f"keep {key} as it was to continue it, or give the ladder a new name")
 
 
-def trial_key(trial: FrozenTrial) -> tuple[int, int, int, float, int] | None:
+def trial_key(trial: FrozenTrial) -> tuple | None:
     """The grid point a trial is for, from its (fixed) parameters; None if it has none."""
     p = trial.params or fixed_params(trial)
     try:
-        return (int(p["design_id"]), int(p["d_model"]), int(p["repeats"]), float(p["tokens_per_param"]), int(p["seed"]))
+        key = (int(p["design_id"]), int(p["d_model"]), int(p["repeats"]), float(p["tokens_per_param"]), int(p["seed"]))
     except KeyError:
         return None
+    return key if "lr" not in p else (*key, float(p["lr"]))
 
 
 def queue_pending(study: optuna.Study, points: list[Point]) -> list[Point]:
@@ -86,13 +88,15 @@ def suggest_point(trial: Any, by_key: Mapping[Hashable, Point]) -> Point:
     """Read a trial's point through Optuna's suggest API (an enqueued trial returns its fixed
     values), so the parameters are stored with their distributions."""
     lo, hi = PARAM_RANGES["design_id"]
-    key = (
+    key: tuple = (
         trial.suggest_int("design_id", lo, hi),
         trial.suggest_int("d_model", *PARAM_RANGES["d_model"]),
         trial.suggest_int("repeats", *PARAM_RANGES["repeats"]),
         trial.suggest_float("tokens_per_param", *TPP_RANGE, log=True),
         trial.suggest_int("seed", *PARAM_RANGES["seed"]),
     )
+    if any(len(k) > len(key) for k in by_key if isinstance(k, tuple)):  # a sweep: the lr is a parameter too
+        key = (*key, trial.suggest_float("lr", *LR_RANGE, log=True))
     if key not in by_key:
         raise ValueError(f"trial {trial.number} is for no point of this ladder (params {key}); its queue was changed")
     return by_key[key]

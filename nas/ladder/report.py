@@ -22,6 +22,7 @@ from nas.ladder.plots import plot_gaps, plot_kv_front, plot_loss_vs_compute
 from nas.ladder.record import load_ladder_study
 from nas.ladder.results import RESULTS_FILE, result_rows, row_key, write_results
 from nas.ladder.scaling import Estimate, Law
+from nas.ladder.sweep_report import shared_lr_rows, sweep_section
 
 REPORT_FILE = "report.md"
 PLOTS = {"compute": "loss_vs_compute.png", "gap": "gap_vs_scale.png", "kv": "kv_front.png"}
@@ -34,7 +35,7 @@ def write_report(config: LadderConfig, *, n_boot: int = 200, seed: int = 0) -> P
     write_results(study, config)  # every run ever made; the report covers the configured grid
     keys = {p.key for p in grid(config)}
     rows = [r for r in result_rows(study) if row_key(r) in keys]
-    analysis = analyse(config, rows, n_boot=n_boot, seed=seed)
+    analysis = analyse(config, shared_lr_rows(config, rows), n_boot=n_boot, seed=seed)
     folder = config.ladder_dir
     plots = {
         "compute": plot_loss_vs_compute(analysis, folder / PLOTS["compute"]),
@@ -42,7 +43,7 @@ def write_report(config: LadderConfig, *, n_boot: int = 200, seed: int = 0) -> P
         "kv": plot_kv_front(analysis, folder / PLOTS["kv"]),
     }
     path = folder / REPORT_FILE
-    return atomic_write_text(path, markdown(analysis, plots))
+    return atomic_write_text(path, markdown(analysis, plots, sweep_section(config, rows)))
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -63,9 +64,9 @@ def _est(e: Estimate | None, digits: int = 3, signed: bool = False, sig: bool = 
     return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]"
 
 
-def markdown(a: Analysis, plots: dict[str, Path]) -> str:
+def markdown(a: Analysis, plots: dict[str, Path], sweep: str = "") -> str:
     parts = [
-        _header(a), _key_table(a), _trend_table(a), _extrapolation(a), _fits_table(a), _optimum_table(a),
+        _header(a), _key_table(a), sweep, _trend_table(a), _extrapolation(a), _fits_table(a), _optimum_table(a),
         _kv_table(a), _plots(plots), _runs_table(a), _failures(a), _method(a),
     ]
     return "\n".join(p for p in parts if p)

@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.common import atomic_write
+from nas.engine import attrs
 from nas.ladder.config import LadderConfig
 from nas.ladder.record import ATTR_POINT, trial_key
 from nas.engine.queue import results_by_key
@@ -18,7 +19,7 @@ from search_spaces.spec import ArchSpec
 RESULTS_FILE = "ladder.parquet"
 RESULT_COLUMNS = (
     "trial", "state", "reason", "point", "design", "baseline", "design_id", "size", "d_model", "repeats",
-    "n_layers", "tokens_per_param", "seed", "tokens", "params", "params_nonembedding", "compute",
+    "n_layers", "tokens_per_param", "seed", "lr", "tokens", "params", "params_nonembedding", "compute",
     "val_loss", "bits_per_byte", "diverged", "steps", "curve_tokens", "curve_val_loss", "curve_train_loss",
     "train_tokens_per_s", "train_wall_s", "kv_cache_bytes_per_token", "flops_per_token", "attention_params",
     "device", "device_name", "threads", "torch", "spec_hash", "spec_json",
@@ -33,13 +34,14 @@ def result_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return [_row(t) for t in sorted(chosen.values(), key=lambda t: t.number)]
 
 
-def row_key(row: dict[str, Any]) -> tuple[int, int, int, float, int]:
+def row_key(row: dict[str, Any]) -> tuple:
     """The grid point of a results row (as ``Point.key``)."""
-    return (row["design_id"], row["d_model"], row["repeats"], row["tokens_per_param"], row["seed"])
+    key = (row["design_id"], row["d_model"], row["repeats"], row["tokens_per_param"], row["seed"])
+    return key if row.get("lr") is None else (*key, row["lr"])
 
 
 def _row(t: FrozenTrial) -> dict[str, Any]:
-    a = t.user_attrs
+    a = attrs.read(t)  # user attributes and the bulk (nas/engine/attrs.py)
     train = a.get("train") or {}
     points = (a.get("curve") or {}).get("points") or []
     c = a.get("costs") or {}
@@ -51,7 +53,8 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "point": a.get(ATTR_POINT), "design": a["design"], "baseline": bool(a["baseline"]),
         "design_id": int(a["design_id"]), "size": a["size"], "d_model": int(a["d_model"]), "repeats": int(a["repeats"]),
         "n_layers": ArchSpec.from_json(spec_json).n_layers if spec_json else None,
-        "tokens_per_param": float(a["tokens_per_param"]), "seed": int(a["seed"]), "tokens": int(a["tokens"]),
+        "tokens_per_param": float(a["tokens_per_param"]), "seed": int(a["seed"]),
+        "lr": _float(a.get("lr")) if a.get("lr") is not None else None, "tokens": int(a["tokens"]),
         "params": int(a["params"]), "params_nonembedding": int(a["params_nonembedding"]),
         "compute": 6.0 * int(a["params_nonembedding"]) * int(a["tokens"]),
         "val_loss": float(val),
@@ -91,7 +94,7 @@ def _schema() -> Any:
     f64, i64, s, b = pa.float64(), pa.int64(), pa.string(), pa.bool_()
     types = {
         "trial": i64, "state": s, "reason": s, "point": s, "design": s, "baseline": b, "design_id": i64, "size": s,
-        "d_model": i64, "repeats": i64, "n_layers": i64, "tokens_per_param": f64, "seed": i64, "tokens": i64,
+        "d_model": i64, "repeats": i64, "n_layers": i64, "tokens_per_param": f64, "seed": i64, "lr": f64, "tokens": i64,
         "params": i64, "params_nonembedding": i64, "compute": f64, "val_loss": f64, "bits_per_byte": f64,
         "diverged": b, "steps": i64, "curve_tokens": pa.list_(i64), "curve_val_loss": pa.list_(f64),
         "curve_train_loss": pa.list_(f64), "train_tokens_per_s": f64, "train_wall_s": f64,

@@ -2,6 +2,7 @@
 each point trains through the study's trial pipeline (costs → train → record)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -16,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import engine
 from nas.config import StudyConfig
+from nas.engine import attrs
 from nas.engine.job import ConfiguredJob, Payload, Record, Report, no_report
 from nas.engine.queue import FixedTrialsJob
 from nas.engine.record import ATTR_REASON, is_stale
@@ -35,12 +37,13 @@ def point_study_config(config: LadderConfig, point: Point) -> StudyConfig:
     """The study engine's trial config for one point: its token budget and seed."""
     return StudyConfig.model_validate({
         "name": config.name, "directory": str(config.ladder_dir), "data": config.data, "trials": 1,
-        "budget": point_budget(config, point), "objectives": STEP_OBJECTIVES,
+        "budget": dataclasses.asdict(point_budget(config, point)), "objectives": STEP_OBJECTIVES,
     })
 
 
 def point_budget(config: LadderConfig, point: Point) -> TrainBudget:
-    return config.budget.train_budget(tokens=point.tokens, seed=point.seed)
+    budget = config.budget.train_budget(tokens=point.tokens, seed=point.seed)
+    return budget if point.lr is None else dataclasses.replace(budget, lr=point.lr)
 
 
 def run_point(point: Point, config: LadderConfig, report: Report = no_report) -> dict[str, Any]:
@@ -98,7 +101,7 @@ class LadderJob(ConfiguredJob, FixedTrialsJob):
             result = f"val_loss {trial.values[0]:.4f}"
         else:
             result = f"FAILED ({trial.user_attrs.get(ATTR_REASON, 'no reason recorded')})"
-        seconds = trial.user_attrs.get("timings", {}).get("total_s")
+        seconds = (attrs.read(trial).get("timings") or {}).get("total_s")
         took = f" in {seconds:.1f}s" if seconds else ""
         return f"{trial.user_attrs.get(ATTR_POINT, trial.number)}: {result}{took}"
 

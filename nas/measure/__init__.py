@@ -8,8 +8,11 @@ corrected for the machine's drift (`*_corrected`), and MFU is a per-repeat ratio
 
 `measure(spec, settings)` builds its own fresh, seeded model from the spec (never the model a
 study trains) and holds `measurement_lock()` throughout, so trials that share a node never
-measure at the same time. A figure this machine cannot measure is None, with a one-line reason
-in `Measurement.unavailable`; nothing is estimated in its place.
+measure at the same time. A measurement that neighbours spoiled (repeats that disagree, a
+machine speed that drifts or sags: nas/measure/noise.py) is made again, up to `max_remeasures`
+times; the quietest try is kept, with `noisy` saying which figures are still past their limits.
+A figure this machine cannot measure is None, with a one-line reason in
+`Measurement.unavailable`; nothing is estimated in its place.
 
 The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`):
 - `train_tokens_per_s`: batch x seq_len tokens per second of full steps (forward, backward, AdamW).
@@ -37,7 +40,7 @@ The figures (`Measurement.to_dict()`; per decode context also as `<name>_ctx<C>`
   peak is the rate of a large matmul in the same dtype timed around that repeat.
 
 The package, one module per part of the protocol: `settings` (MeasureSettings), `timing`
-(Stat, time_calls), `memory`, `lock` (the per-node lock), `decoding`, `result` (Measurement),
+(Stat, time_calls), `noise` (contention), `memory`, `lock` (the per-node lock), `decoding`, `result` (Measurement),
 `protocol` (measure), `reference` (the reference kernels and the node's calibration), `roofline`
 (the decode roofline) and `fingerprint` (the machine, NVML).
 """

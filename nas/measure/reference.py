@@ -21,16 +21,18 @@ is the memory bandwidth of the decode roofline (nas/measure/roofline.py), beside
 peak FLOP rate.
 
 The calibrated rate is measured once per node and setup (device, torch, dtype, threads) and kept
-in a JSON file beside the measurement lock, so every process of a study (each Ray worker) corrects
-to the same constant. Its own error is a common scale factor: it moves all corrected figures of
-the node together and leaves their ranking alone.
+in a JSON file (``calibration_dir()``), so every process of a study on the node (each Ray worker)
+corrects to the same constant. Its own error is a common scale factor: it moves all corrected
+figures of the node together and leaves their ranking alone.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from nas.common import atomic_write_json
 from nas.measure.fingerprint import cpu_model
 
 CALIBRATION_FILE = "qkvnas-reference.json"
+CALIBRATION_DIR_ENV = "QKVNAS_CALIBRATION_DIR"
 SMALL_OPS_STEPS = 300
 CALIBRATION_SAMPLES = 9
 CALIBRATION_SAMPLE_S = 0.1  # 9 x 0.1 s: the calibration spans about a second
@@ -135,6 +138,25 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 # ---- the node's calibration -------------------------------------------------------------
+def calibration_dir() -> str:
+    """Where the node's calibration file is kept: ``$QKVNAS_CALIBRATION_DIR``; else a private lock
+    folder (``$QKVNAS_LOCK_DIR``: a run that isolates its lock isolates its calibration too); else
+    ``$XDG_CACHE_HOME/qkvnas/<host>`` (``~/.cache/qkvnas/<host>``). Per user, not the shared temp
+    dir, where any user could write (or plant) the constant every figure is corrected to; per
+    machine, as a home folder may be shared by machines of different speeds. Every process of the
+    user on the node (each Ray worker of a study) reads the same file. Without a home folder: a
+    folder of the user's own in the temp dir."""
+    explicit = os.environ.get(CALIBRATION_DIR_ENV) or os.environ.get("QKVNAS_LOCK_DIR")
+    if explicit:
+        return explicit
+    host = socket.gethostname() or "localhost"
+    cache = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache")
+                                                  if os.path.expanduser("~") != "~" else "")
+    if cache:
+        return os.path.join(cache, "qkvnas", host)
+    return os.path.join(tempfile.gettempdir(), f"qkvnas-{os.getuid() if hasattr(os, 'getuid') else 'user'}", host)
+
+
 def calibration_key(ref: Reference, device: torch.device, dtype: torch.dtype) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return f"{ref.name} | {device} {name} | torch {torch.__version__} | {dtype} | {torch.get_num_threads()} threads"
@@ -147,6 +169,7 @@ def calibrated_rate(ref: Reference, device: torch.device, dtype: torch.dtype, di
     Call it while holding the measurement lock: the lock is what keeps two processes from
     calibrating (or measuring) at once, and the file is replaced atomically.
     """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, CALIBRATION_FILE)
     key = calibration_key(ref, device, dtype)
     table = _read(path)

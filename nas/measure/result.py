@@ -23,6 +23,10 @@ class Measurement:
     lock_wait_s: float = 0.0
     held_from: float = 0.0  # epoch seconds: the node's lock held (the measurement ran) from ...
     held_to: float = 0.0  # ... to, so that a reader can check that no two measurements overlapped
+    # figure → why it is noisy (nas/measure/noise.py), {} when every figure was within its limits;
+    # `tries`: the same for every try made (1 + the remeasures), the kept one the quietest.
+    noisy: dict[str, str] = field(default_factory=dict)
+    tries: tuple[dict[str, str], ...] = ()
 
     def __getitem__(self, name: str) -> Any:
         return self.to_dict()[name]
@@ -36,6 +40,8 @@ class Measurement:
             out[name], out[f"{name}_cv"] = stat.median, stat.cv
         out["samples"] = {name: list(stat.samples) for name, stat in self.stats.items()}
         out["unavailable"] = dict(self.unavailable)
+        out["noisy"] = dict(self.noisy)
+        out["tries"] = [dict(reasons) for reasons in self.tries]
         out["fingerprint"] = self.fingerprint
         return out
 
@@ -54,6 +60,8 @@ class Measurement:
         fp = self.fingerprint
         lines.append(f"on {fp['device_name']} ({fp['device']}), torch {fp['torch']}, {fp['threads']} threads; "
                      f"{len(self.unavailable)} figure(s) unavailable (see 'unavailable')")
+        for name, reason in self.noisy.items():
+            lines.append(f"noisy after {len(self.tries)} tries: {name}: {reason}")
         return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from nas.engine import attrs
 from nas.engine.compat import fixed_params, set_metric_names
 from nas.engine.job import Payload, Record, Report, Resources
 from nas.engine.queue import FixedTrialsJob, is_settled, results_by_key
@@ -40,14 +41,25 @@ RUN_MAX = 2**31 - 1
 def runs(config: SuiteConfig) -> list[dict[str, Any]]:
     """Every run of the suite, in table order: the probe runs, then the LM runs."""
     out: list[dict[str, Any]] = [
-        {"kind": "probe", "variant": name, "point": point, "task": entry.label, "seed": seed}
-        for point in config.grid_points() for name in config.variants for entry in config.tasks
-        for seed in range(config.seeds)
+        {"kind": "probe", "variant": name, "point": point, "task": entry.label, "seed": seed, **_lr(lr)}
+        for point in sorted(config.run_points(), key=lambda p: (p.get("length", 0), point_cost(p)))
+        for lr in config.lrs()
+        for name in config.variants for entry in config.tasks for seed in range(config.seeds_at(point))
     ]
     if config.lm is not None:
         out += [{"kind": "lm", "variant": name, "point": size, "task": LM_COLUMN, "seed": seed}
                 for size in config.model_points() for name in config.variants for seed in range(config.seeds)]
     return [{"index": i, **run} for i, run in enumerate(out)]
+
+
+def _lr(lr: float | None) -> dict[str, float]:
+    return {} if lr is None else {"lr": lr}
+
+
+def point_cost(point: dict[str, int]) -> int:
+    """A run's cost up to a constant (d² per token per layer): cheap cells run first, so an
+    interrupted suite, or sweep, has its cheap cells whole."""
+    return point["d_model"] ** 2 * point["n_layers"] * point.get("length", 1)
 
 
 def point_text(point: dict[str, int]) -> str:
@@ -61,6 +73,7 @@ class SuiteJob(FixedTrialsJob):
     out_dir: str
     device: str = "auto"
     threads: int = 1
+    parallel: int = 1  # runs at a time (Ray executor)
 
     @property
     def name(self) -> str:
@@ -73,7 +86,7 @@ class SuiteJob(FixedTrialsJob):
 
     @property
     def resources(self) -> Resources:
-        return Resources(cpus_per_trial=self.threads)
+        return Resources(cpus_per_trial=self.threads, max_concurrent=self.parallel)
 
     what: ClassVar[str] = "suite"
 
@@ -119,10 +132,12 @@ class SuiteJob(FixedTrialsJob):
         size = {k: v for k, v in point.items() if k != "length"}
         params = {**entry.params, **({"length": point["length"]} if "length" in point else {})}
         spec = variant(run["variant"], base=self.config.base_spec(size))
-        result = run_probe(spec, entry.task, seed=run["seed"], budget=entry.budget, device=self.device, params=params)
+        budget = dataclasses.replace(entry.budget, lr=run["lr"]) if "lr" in run else entry.budget
+        result = run_probe(spec, entry.task, seed=run["seed"], budget=budget, device=self.device, params=params)
         return {"variant": run["variant"], "task": entry.label, "probe": entry.task, **point,
-                "length": get_probe(entry.task, **params).length, "seed": run["seed"], "metric": "accuracy",
-                "value": float(result["accuracy"]), "train_steps": result["train_steps"],
+                "length": get_probe(entry.task, **params).length, "seed": run["seed"], "lr": budget.lr,
+                "metric": "accuracy", "value": float(result["accuracy"]), "train_steps": result["train_steps"],
+                "accuracy_by_epoch": result["accuracy_by_epoch"], "mode_baseline": result["mode_baseline"],
                 "final_train_loss": result["final_train_loss"], "wall_s": result["wall_s"], "cpu_s": result["cpu_s"]}
 
     def _lm_row(self, run: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +158,7 @@ class SuiteJob(FixedTrialsJob):
 
     # ---- display ------------------------------------------------------------------------
     def outcome(self, study: optuna.Study, trial: FrozenTrial) -> str:
-        row = trial.user_attrs.get(ATTR_ROW)
+        row = attrs.read(trial).get(ATTR_ROW)
         if not row:
             return f"run {run_of(trial)}: failed ({trial.user_attrs.get(ATTR_REASON, 'no reason recorded')})"
         where = point_text({k: row[k] for k in ("d_model", "n_layers", "n_heads", "length") if k in row})
@@ -162,11 +177,11 @@ def run_of(trial: FrozenTrial) -> int | None:
 
 def result_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per run that finished, in run order (a failed run's row has its NaN value)."""
-    chosen = results_by_key(study, lambda t: run_of(t) if ATTR_ROW in t.user_attrs and is_settled(t) else None)
+    chosen = results_by_key(study, lambda t: run_of(t) if ATTR_ROW in attrs.read(t) and is_settled(t) else None)
     return [_row(chosen[i]) for i in sorted(chosen)]
 
 
 def _row(trial: FrozenTrial) -> dict[str, Any]:
-    row = dict(trial.user_attrs[ATTR_ROW])
+    row = dict(attrs.read(trial)[ATTR_ROW])  # the bulk of the record (nas/engine/attrs.py)
     row["value"] = float(row["value"])  # stored JSON writes NaN as a string
     return row

@@ -3,10 +3,12 @@
 over grid points and seeds.
 
 Outputs in the chosen folder: ``runs.parquet`` (one row per run), ``table.parquet`` (design,
-task, mean, std, n) and ``table.md``.
+task, mean, std, n), ``cells.parquet`` (per cell: solved/n, Wilson interval, mean, plateau) and
+``table.md`` (``nas/probing/report.py``).
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -19,7 +21,10 @@ import numpy as np
 from nas import engine
 from nas.common import atomic_write, atomic_write_text
 from nas.engine.lifecycle import Executor
-from nas.probing.job import LM_COLUMN, SuiteJob, result_rows
+from nas.engine.storage import open_storage
+from nas.probing.job import DB_FILE, LM_COLUMN, SuiteJob, result_rows
+from nas.probing.outcomes import cells
+from nas.probing.report import shared_rows, to_markdown
 from nas.probing.suite_config import SuiteConfig
 
 Log = Callable[[str], None]
@@ -27,22 +32,34 @@ Log = Callable[[str], None]
 
 # ---- running ----------------------------------------------------------------------------------
 def run_suite(config: SuiteConfig, out_dir: str | Path, *, device: str = "auto", threads: int | None = 1,
-              log: Log | None = None, executor: Executor = "local") -> dict[str, Any]:
+              log: Log | None = None, executor: Executor = "local", report_only: bool = False,
+              parallel: int = 1) -> dict[str, Any]:
     """Run every (design, grid point, task, seed), then the LM runs, as trials of the engine in
     ``<out_dir>/suite.db`` (a killed suite continues where it stopped); write runs, table,
-    Markdown. ``threads``: torch CPU threads per run (None: as many as torch has now)."""
+    Markdown. ``threads``: torch CPU threads per run (None: as many as torch has now).
+    ``report_only``: run nothing; tabulate the runs finished so far (safe while the suite runs).
+    ``parallel``: runs at a time, on Ray (the local executor runs one at a time)."""
+    if parallel < 1 or (parallel > 1 and executor != "ray"):
+        raise ValueError(f"parallel={parallel}: give 1, or more with the Ray executor (--executor ray)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    job = SuiteJob(config, str(out), device=device, threads=threads or torch_threads_now())
-    done = engine.run(job, executor=executor, out=_LogStream(log or _stderr))
-    if done.interrupted:
-        raise KeyboardInterrupt
-    rows = result_rows(done.study)
-    table = summarise(rows, config)
+    job = SuiteJob(config, str(out), device=device, threads=threads or torch_threads_now(), parallel=parallel)
+    if report_only:
+        if not (out / DB_FILE).exists():
+            raise ValueError(f"{out} holds no suite storage ({DB_FILE}); run the suite first")
+        study = job.open_study(open_storage(job.storage_url, existing=True))
+    else:
+        done = engine.run(job, executor=executor, out=_LogStream(log or _stderr))
+        if done.interrupted:
+            raise KeyboardInterrupt
+        study = done.study
+    rows = result_rows(study)
+    table = summarise(shared_rows(config, rows), config)
     wall_s = time.perf_counter() - t0
-    markdown = to_markdown(config, table, rows, wall_s)
-    write_outputs(out, rows, table, markdown)
+    markdown = to_markdown(config, table, rows, wall_s, expected=len(job.runs))
+    found = [c.to_row() for c in cells(shared_rows(config, rows), config.success_threshold)]
+    write_outputs(out, rows, table, markdown, found)
     return {"runs": rows, "table": table, "markdown": markdown, "wall_s": wall_s}
 
 
@@ -91,38 +108,14 @@ def summarise(rows: list[dict[str, Any]], config: SuiteConfig) -> list[dict[str,
     return table
 
 
-def to_markdown(config: SuiteConfig, table: list[dict[str, Any]], rows: list[dict[str, Any]], wall_s: float) -> str:
-    columns = list(dict.fromkeys(r["task"] for r in table))
-    cell = {(r["variant"], r["task"]): r for r in table}
-    head = ["variant", *columns]
-    lines = [f"# {config.name}", "", config.description.strip(), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in config.variants:
-        cells = [_cell(cell.get((name, c))) for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    grid = f"{config.grid.mode}: " + ", ".join(f"{k} {list(v)}" for k, v in config.grid.axes().items())
-    n_probe = sum(r["metric"] == "accuracy" for r in rows)
-    lines += ["", f"Probe cells: test accuracy on queried positions, mean ± std over {config.seeds} seed(s) × "
-              f"{len(config.grid_points())} grid point(s) ({grid})."]
-    if config.lm is not None:
-        settings = ", ".join(f"{k} {v}" for k, v in config.lm.budget.items())
-        lines.append(f"{LM_COLUMN}: validation loss (nats/token) of the design trained as a causal LM, "
-                     f"context {config.lm.context}, {settings}.")
-    lines.append(f"{n_probe} probe runs, {len(rows) - n_probe} LM runs, {wall_s:.0f} s wall time.")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "–"
-    text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
-    return text + (f" ({entry['n_failed']} failed)" if entry["n_failed"] else "")
-
-
-def write_outputs(out: Path, rows: list[dict[str, Any]], table: list[dict[str, Any]], markdown: str) -> None:
+def write_outputs(out: Path, rows: list[dict[str, Any]], table: list[dict[str, Any]], markdown: str,
+                  cell_rows: list[dict[str, Any]] | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    atomic_write(out / "runs.parquet", lambda p: pq.write_table(pa.Table.from_pylist(rows), p))
+    flat = [{**r, "accuracy_by_epoch": json.dumps(r.get("accuracy_by_epoch") or {})} for r in rows]  # one column type
+    atomic_write(out / "runs.parquet", lambda p: pq.write_table(pa.Table.from_pylist(flat), p))
     atomic_write(out / "table.parquet", lambda p: pq.write_table(pa.Table.from_pylist(table), p))
+    if cell_rows:
+        atomic_write(out / "cells.parquet", lambda p: pq.write_table(pa.Table.from_pylist(cell_rows), p))
     atomic_write_text(out / "table.md", markdown)

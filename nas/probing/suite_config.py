@@ -20,6 +20,7 @@ from nas.config.base import Section, validate
 from nas.config.loader import load_raw, presets
 from nas.config.shape import ModelShape, ModelStyle
 from nas.probing.probe import ProbeBudget
+from nas.sweep import LRSweep
 from nas.train import TrainBudget
 from objectives.probes import PROBES, get_probe
 from search_spaces.spec import ArchSpec
@@ -120,6 +121,13 @@ class SuiteLM(Section):
         return {"tokens": self.tokens, **(self.model_extra or {})}
 
 
+class Published(Section):
+    """``[published]``: a paper's figures printed beside ours, labelled as theirs."""
+
+    label: str  # e.g. "Kayyam et al. 2026, Table 2 (mean accuracy over their grid)"
+    values: dict[str, float]  # by variant name
+
+
 class SuiteConfig(Section):
     file_noun: ClassVar[str] = "probe suite"
 
@@ -133,6 +141,15 @@ class SuiteConfig(Section):
     budget: ProbeBudget = Field(default_factory=ProbeBudget)
     task_tables: dict[str, TaskTable] = Field(alias="tasks")  # by label, in the file's order
     lm: SuiteLM | None = None
+    # Seeds per probe length where they differ from `seeds` (TOML keys are strings: "64" = 3).
+    seeds_by_length: dict[str, PositiveInt] = Field(default_factory=dict)
+    # Grid cells left out here, each a partial point such as {length = 128}; the report lists
+    # them as not run, with `not_run_command`, which runs them where they fit (a GPU).
+    not_run: tuple[dict[str, PositiveInt], ...] = ()
+    not_run_command: str = ""
+    success_threshold: float = Field(default=0.95, gt=0, le=1)  # a run "solves" a task above this
+    published: Published | None = None
+    lr_sweep: LRSweep | None = None
 
     @field_validator("variants")
     @classmethod
@@ -147,6 +164,23 @@ class SuiteConfig(Section):
         if not tables:
             raise ValueError(f"empty; add tables such as [tasks.reverse]; tasks are {sorted(PROBES)}")
         return tables
+
+    @model_validator(mode="after")
+    def _check_cells(self) -> SuiteConfig:
+        lengths = {str(v) for v in self.grid.length or ()}
+        unknown = sorted(set(self.seeds_by_length) - lengths)
+        if unknown:
+            raise ValueError(f"seeds_by_length names length(s) {unknown} that grid.length {sorted(lengths)} does not have")
+        for cell in self.not_run:
+            bad = sorted(set(cell) - set(self.grid.axes()))
+            if bad or not cell:
+                raise ValueError(f"not_run entry {cell}: give grid axes {list(self.grid.axes())}, e.g. {{length = 128}}")
+        if self.not_run and not self.run_points():
+            raise ValueError("not_run leaves no grid point to run; remove an entry")
+        if self.lr_sweep is not None:
+            for entry in self.tasks:
+                self.lr_sweep.check_shared(entry.budget.lr, f"tasks.{entry.label}.budget")
+        return self
 
     @model_validator(mode="after")
     def _check_runs(self) -> SuiteConfig:
@@ -186,10 +220,24 @@ class SuiteConfig(Section):
         centre = {a: values[0] for a, values in axes.items()}
         return [centre] + [{**centre, a: v} for a, values in axes.items() for v in values[1:]]
 
+    def is_not_run(self, point: dict[str, int]) -> bool:
+        return any(all(point.get(k) == v for k, v in cell.items()) for cell in self.not_run)
+
+    def run_points(self) -> list[dict[str, int]]:
+        """The grid points this suite runs (those no ``not_run`` entry matches)."""
+        return [p for p in self.grid_points() if not self.is_not_run(p)]
+
+    def seeds_at(self, point: dict[str, int]) -> int:
+        return self.seeds_by_length.get(str(point.get("length")), self.seeds)
+
+    def lrs(self) -> tuple[float | None, ...]:
+        """The sweep's learning rates, or (None,): each run at its budget's own."""
+        return self.lr_sweep.values if self.lr_sweep is not None else (None,)
+
     def model_points(self) -> list[dict[str, int]]:
         """The distinct model sizes of the grid (length is a property of the task)."""
         seen: list[dict[str, int]] = []
-        for point in self.grid_points():
+        for point in self.run_points():
             size = {k: v for k, v in point.items() if k != "length"}
             if size not in seen:
                 seen.append(size)
@@ -216,4 +264,17 @@ def load_suite(name_or_path: str | Path) -> SuiteConfig:
 
 
 def parse_suite(data: dict[str, Any], *, source: str = "probe suite") -> SuiteConfig:
+    _steps_or_epochs(data, source)
     return validate(SuiteConfig, data, source)
+
+
+def _steps_or_epochs(raw: dict[str, Any], source: str) -> None:
+    """A budget gives steps or epochs: both would leave one of them silently unused."""
+    tasks = raw.get("tasks")
+    tables: dict[str, Any] = tasks if isinstance(tasks, dict) else {}
+    budgets = [("budget", raw.get("budget"))] + [(f"tasks.{label}.budget", table.get("budget"))
+                                                 for label, table in tables.items() if isinstance(table, dict)]
+    for where, budget in budgets:
+        if isinstance(budget, dict) and "steps" in budget and "epochs" in budget:
+            raise ValueError(f"{source}: {where}: give steps or epochs, not both "
+                             "(with epochs, the steps are epochs × n_train / batch_size)")

@@ -3,7 +3,9 @@ trial of the engine (``nas.engine``), the record in Optuna storage.
 
     open.py     where a study lives, create or load it, check a continued study, find by name
     job.py      the study as an engine job: sample → run_trial → tell (repeated designs copied)
-    display.py  the front table, design labels, counts line, status JSON
+    display.py  the front table, design labels, counts line, status JSON, the study's note
+    reference.py    the hypervolume reference point, fixed once per study; never-reached stand-ins
+    hypervolume.py  the hypervolume history in status and the export
 
 The names of the storage, the record and stale-trial recovery are re-exported from the engine,
 where they live, for code that reads a study.

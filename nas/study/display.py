@@ -1,17 +1,24 @@
 """How a study reads on screen: the current Pareto front as a small table, a design's short
-label, the counts line, and the JSON summary of ``qkvnas status --json``."""
+label, the counts line, the JSON summary of ``qkvnas status --json``, and the note that says what
+a study is (a study user attribute, which optuna-dashboard shows on the study's page)."""
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from nas.engine.record import ATTR_SPEC_HASH, ATTR_SPEC_JSON, Counts, counts, pareto_front
+from nas.engine.attrs import BULK_KEY, read as read_attrs  # not the nas.engine package: progress imports this module
+from nas.engine.record import ATTR_REMEASURE_OF, ATTR_SPEC_HASH, ATTR_SPEC_JSON, Counts, counts, current, pareto_front
 
+if TYPE_CHECKING:
+    from nas.config import StudyConfig
+
+ATTR_DESCRIPTION = "description"  # the study user attribute that says what the study is
 FRONT_ROWS = 8  # rows of the front table; the rest is summarised
+NOISY_ROWS = 8  # noisy trials listed by qkvnas status; the rest is counted
 
 
 def fmt_value(value: float) -> str:
@@ -30,6 +37,13 @@ def design_label(trial: FrozenTrial) -> str:
     text = trial.user_attrs.get(ATTR_SPEC_JSON)
     if not text:
         return " ".join(f"{k}={v}" for k, v in trial.params.items())
+    return spec_label(text)
+
+
+def spec_label(text: str | None) -> str:
+    """``design_label`` of a spec's JSON; '' without one."""
+    if not text:
+        return ""
     spec = json.loads(text)
     names = [_layer_label(layer, spec["n_heads"]) for layer in spec["layers"]]
     runs: list[list[Any]] = []
@@ -64,13 +78,62 @@ def front_table(study: optuna.Study, *, rows: int = FRONT_ROWS) -> str:
     arrows = ["↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑" for d in study.directions]
     header = ["trial"] + [f"{n} {a}" for n, a in zip(names, arrows)] + ["design"]
     designs = one_per_design(front)
-    body = [[f"{t.number}" + (f" (+{n - 1} same)" if n > 1 else "")] + [fmt_value(v) for v in t.values]
+    body = [[f"{t.number}" + (f" (+{n - 1} same)" if n > 1 else "") + _marks(t)] + [fmt_value(v) for v in t.values]
             + [design_label(t)] for t, n in designs[:rows]]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + body]
     if len(designs) > rows:
         lines.append(f"  ... and {len(designs) - rows} more designs on the front")
     return "\n".join(lines)
+
+
+def _marks(trial: FrozenTrial) -> str:
+    remeasured = trial.user_attrs.get(ATTR_REMEASURE_OF)
+    return (f" (remeasured {remeasured})" if remeasured is not None else "") + (" noisy" if noisy_figures(trial) else "")
+
+
+def noisy_figures(trial: FrozenTrial) -> dict[str, str]:
+    """The trial's measured figures that neighbours spoiled, and why (nas/measure/noise.py); {}
+    when its measurement was quiet, or made before qkvnas checked, or never made."""
+    measured = read_attrs(trial).get("measure")
+    return dict(measured.get("noisy") or {}) if isinstance(measured, dict) else {}
+
+
+def noise_note(trial: FrozenTrial) -> str | None:
+    """'noisy: train_tokens_per_s spread 112% > limit 25% (+2 more)', or None for a quiet trial."""
+    return noise_text(noisy_figures(trial)) or None
+
+
+def noise_text(noisy: dict[str, str]) -> str:
+    """The first noisy figure and why, and how many more; '' when none is."""
+    if not noisy:
+        return ""
+    name, reason = next(iter(noisy.items()))
+    return f"noisy: {name} {reason}" + (f" (+{len(noisy) - 1} more)" if len(noisy) > 1 else "")
+
+
+def noisy_lines(study: optuna.Study) -> list[str]:
+    """What ``qkvnas status`` says of noisy measurements: which trials, why, and the command that
+    measures them again; [] when there are none."""
+    noisy = [t for t in current(study.get_trials(deepcopy=False)) if noisy_figures(t)]
+    if not noisy:
+        return []
+    lines = [f"noisy measurements: {len(noisy)} trial(s), measure them again with: qkvnas remeasure {study.study_name}"]
+    lines += [f"  trial {t.number}: {noise_note(t)}" for t in noisy[:NOISY_ROWS]]
+    if len(noisy) > NOISY_ROWS:
+        lines.append(f"  ... and {len(noisy) - NOISY_ROWS} more")
+    return lines
+
+
+def front_count(front: list[FrozenTrial]) -> str:
+    """The size of a front, in designs: '7 designs', or '7 designs (11 trials)' where the
+    sampler proposed some design again. Every place that counts a front says it this way."""
+    return count_text(len(one_per_design(front)), len(front))
+
+
+def count_text(designs: int, trials: int) -> str:
+    text = f"{designs} design{'' if designs == 1 else 's'}"
+    return text if designs == trials else f"{text} ({trials} trials)"
 
 
 def one_per_design(front: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
@@ -93,6 +156,8 @@ def summary_line(c: Counts, target: int) -> str:
     parts.append(f"{c.failed} failed")
     if c.stale:
         parts.append(f"{c.stale} interrupted (requeued)")
+    if c.surplus:
+        parts.append(f"{c.surplus} not run (other workers filled the target)")
     if c.running:
         parts.append(f"{c.running} running")
     if c.waiting:
@@ -118,9 +183,28 @@ def describe(study: optuna.Study, target: int | None) -> dict[str, Any]:
         "infeasible": c.infeasible,
         "failed": c.failed,
         "interrupted": c.stale,
+        "not_run_target_filled": c.surplus,
         "running": c.running,
         "stopped_early": c.pruned,
         "queued": c.waiting,
         "front": [{"trial": t.number, "values": dict(zip(study.metric_names or [], t.values)),
-                   "params": t.params, "spec_hash": t.user_attrs.get(ATTR_SPEC_HASH)} for t in pareto_front(study)],
+                   "params": t.params, "spec_hash": t.user_attrs.get(ATTR_SPEC_HASH), "noisy": bool(noisy_figures(t))}
+                  for t in pareto_front(study)],
+        "noisy": {str(t.number): noisy_figures(t) for t in current(study.get_trials(deepcopy=False)) if noisy_figures(t)},
     }
+
+
+def study_note(config: StudyConfig) -> str:
+    """What the study is, in a few lines: the study's ``description`` attribute."""
+    from objectives import get_objective
+
+    goals = ", ".join(f"{n} ({'lower' if get_objective(n).direction == 'minimize' else 'higher'} is better)"
+                      for n in config.objectives)
+    limits = ", ".join(f"{k} = {fmt_value(float(v))}" for k, v in config.constraints.items())
+    return (f"qkvnas search study {config.name!r}: {config.trials} trials of designs from the {config.space.name!r} "
+            f"space, each trained on {config.budget.tokens:,} tokens; sampler {config.sampler.name}. "
+            f"Objectives: {goals}. "
+            + (f"Constraints: {limits} (a design that breaks one is COMPLETE with status 'infeasible' and a constraint > 0; "
+               "an objective it never reached is told as the hypervolume reference point). " if limits else "")
+            + f"Each trial: status, reason, figures and spec_json in its user attributes; curve, measurement, hardware "
+              f"and costs in its system attribute {BULK_KEY!r}. The whole config: the 'config' attribute.")

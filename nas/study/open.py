@@ -19,14 +19,14 @@ from nas.config.base import storage_or_sqlite
 from nas.engine.compat import set_metric_names
 from nas.engine.record import ATTR_CONFIG
 from nas.engine.sampler import make_sampler, worker_seed
-from nas.engine.storage import open_storage, single_writer
+from nas.engine.storage import mask_url, open_storage, single_writer
 from objectives import get_objective
 from objectives.base import Direction
 
 CONFIG_FILE = "config.json"
 DB_FILE = "study.db"
 # What a continued study must keep: changing any of these would mix incomparable trials.
-SAME_ON_RESUME = ("objectives", "space", "data", "budget", "constraints", "measure", "probe")
+SAME_ON_RESUME = ("objectives", "space", "data", "budget", "constraints", "measure", "probe", "lr_sweep")
 
 
 def storage_url(config: StudyConfig) -> str:
@@ -51,8 +51,16 @@ def create_or_load_study(config: StudyConfig, storage: BaseStorage | None = None
         return study
     study = optuna.create_study(study_name=config.name, storage=storage, sampler=sampler, directions=directions(config))
     set_metric_names(study, list(config.objectives))
-    study.set_user_attr(ATTR_CONFIG, config.to_dict())
+    study.set_user_attr(ATTR_CONFIG, config_record(config))
     return study
+
+
+def config_record(config: StudyConfig) -> dict[str, Any]:
+    """The config as stored (in the study and config.json): its storage URL without a password."""
+    record = config.to_dict()
+    if record.get("storage"):
+        record["storage"] = mask_url(record["storage"])
+    return record
 
 
 def check_compatible(study: optuna.Study, config: StudyConfig) -> None:
@@ -83,7 +91,7 @@ def study_config(study: optuna.Study) -> StudyConfig:
 def save_config_file(config: StudyConfig) -> Path:
     """The validated config beside the study, so ``qkvnas resume NAME`` can find its storage."""
     # The directory written out absolute, so `qkvnas resume DIR` works from any working directory.
-    saved = config.to_dict() | {"directory": str(config.study_dir.resolve())}
+    saved = config_record(config) | {"directory": str(config.study_dir.resolve())}
     return atomic_write_text(config.study_dir / CONFIG_FILE, json.dumps(saved, indent=2) + "\n")
 
 
@@ -109,7 +117,7 @@ def resolve_study(name_or_path: str, *, study_name: str | None = None) -> tuple[
 def _only_study(url: str) -> str:
     names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url, existing=True), include_best_trial=False)]
     if len(names) != 1:
-        raise ValueError(f"storage {url!r} holds {len(names)} studies {names}; name one with --study NAME")
+        raise ValueError(f"storage {mask_url(url)!r} holds {len(names)} studies {names}; name one with --study NAME")
     return names[0]
 
 
@@ -118,7 +126,7 @@ def load_existing(name_or_path: str, *, study_name: str | None = None) -> optuna
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url, existing=True))
     except KeyError:
-        raise ValueError(f"storage {url!r} has no study {name!r}") from None
+        raise ValueError(f"storage {mask_url(url)!r} has no study {name!r}") from None
 
 
 def config_of(name: str) -> StudyConfig:
