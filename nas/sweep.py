@@ -21,10 +21,12 @@ import numpy as np
 from nas.config.sweep import LRSweep
 
 LR = "lr"  # the rows' learning-rate column
-__all__ = ["LR", "LRSweep", "Stability", "best_lr", "best_rows", "kendall_tau", "lr_means", "ranking_stability"]
+__all__ = ["LR", "LRSweep", "Stability", "best_lr", "best_rows", "finite_mean", "kendall_tau", "lr_means",
+           "ranking_stability"]
 
 
-def _mean(values: Sequence[float]) -> float:
+def finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values; NaN when there are none."""
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -34,7 +36,7 @@ def lr_means(rows: Sequence[dict[str, Any]], group: Sequence[str], metric: str) 
     cells: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         cells[tuple(row[k] for k in group)][float(row[LR])].append(float(row[metric]))
-    return {key: {lr: _mean(values) for lr, values in by_lr.items()} for key, by_lr in cells.items()}
+    return {key: {lr: finite_mean(values) for lr, values in by_lr.items()} for key, by_lr in cells.items()}
 
 
 def best_lr(rows: Sequence[dict[str, Any]], group: Sequence[str], metric: str, *,

@@ -43,6 +43,26 @@ eval_batches = 2
 """.replace("'", '"') + extra
 
 
+def tiny_suite(*, name: str, description: str, seeds: int, steps: int, tasks: tuple[str, ...] = ("copy",)) -> str:
+    """A probe suite file of two designs on one d32 encoder at length 8: runs of a second or less."""
+    return f"""
+kind = "probe_suite"
+name = "{name}"
+description = "{description}"
+variants = ["qkv", "q_kv"]
+seeds = {seeds}
+[grid]
+d_model = [32]
+n_layers = [1]
+n_heads = [2]
+length = [8]
+[budget]
+steps = {steps}
+batch_size = 8
+n_test = 16
+""" + "".join(f"[tasks.{task}]\n" for task in tasks)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -19,45 +19,14 @@ import pytest
 import torch
 
 from nas.cli import main
+from tests.conftest import tiny_study, tiny_suite
 
 CUDA = torch.cuda.is_available()
 NO_CUDA_ONLY = pytest.mark.skipif(CUDA, reason="on a CUDA machine this input is valid")
 
 OK_SPEC = {"vocab_size": 256, "context": 64, "d_model": 32, "n_heads": 4, "ffn_dim": 64, "layers": [{}]}
-STUDY = """
-name = "bad"
-objectives = ["val_loss", "kv_cache_bytes_per_token"]
-trials = 2
-[space]
-name = "paper"
-[space.options.base]
-context = 32
-d_model = 32
-n_heads = 4
-ffn_dim = 64
-n_layers = 1
-[budget]
-tokens = 2048
-batch_size = 8
-eval_batches = 2
-"""
-SUITE = """
-kind = "probe_suite"
-name = "bad"
-description = "a tiny suite"
-variants = ["qkv", "q_kv"]
-seeds = 1
-[grid]
-d_model = [32]
-n_layers = [1]
-n_heads = [2]
-length = [8]
-[budget]
-steps = 4
-batch_size = 8
-n_test = 16
-[tasks.copy]
-"""
+STUDY = tiny_study(name="bad", trials=2)
+SUITE = tiny_suite(name="bad", description="a tiny suite", seeds=1, steps=4)
 TEXT = "To be, or not to be, that is the question. " * 200  # ~9 kB of real text
 
 

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import nas.engine
 from nas.engine.storage import open_storage
-from tests.conftest import tiny_study
+from tests.conftest import tiny_study, tiny_suite
 
 QKVNAS = str(Path(sys.executable).with_name("qkvnas"))
 
@@ -37,24 +37,7 @@ sizes = [{ d_model = 16 }, { d_model = 32 }]
 budget = { batch_size = 8, eval_batches = 2 }
 """
 
-SUITE = """
-kind = "probe_suite"
-name = "ks"
-description = "a kill test"
-variants = ["qkv", "q_kv"]
-seeds = 3
-[grid]
-d_model = [32]
-n_layers = [1]
-n_heads = [2]
-length = [8]
-[budget]
-steps = 40
-batch_size = 8
-n_test = 16
-[tasks.copy]
-[tasks.swap]
-"""
+SUITE = tiny_suite(name="ks", description="a kill test", seeds=3, steps=40, tasks=("copy", "swap"))
 
 
 @pytest.fixture

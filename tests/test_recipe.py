@@ -237,3 +237,18 @@ def test_shipped_paper_presets_follow_the_paper() -> None:
     assert faithful.published is not None and faithful.published.values["qkv_single"] == 0.780
     small = load_suite("paper_synthetic_small")
     assert small.budget == faithful.budget and small.model == faithful.model and len(small.run_points()) == 4
+
+
+def test_suite_sweep_reports_each_design_at_its_best_learning_rate(tmp_path) -> None:
+    from nas.probing import run_suite
+
+    raw = tomllib.loads(SUITE) | {"lr_sweep": {"values": [1e-3, 1e-2]}, "not_run": [{"length": 8}, {"length": 12}]}
+    config = parse_suite(raw)
+    result = run_suite(config, tmp_path, log=lambda line: None)
+    assert len(result["runs"]) == 2 * 2 * 2 * 2  # designs × tasks × seeds × learning rates
+    assert {r["lr"] for r in result["runs"]} == {1e-3, 1e-2}
+    assert len(result["table"]) == 2 * 2 and all(row["n"] == 2 for row in result["table"])  # the shared lr only
+    text = result["markdown"]
+    assert "## Learning-rate sweep" in text and "Kendall's τ" in text and "(shared " in text
+    qkv = next(line for line in text.splitlines() if line.startswith("| qkv |") and "@" in line)
+    assert qkv.count("@ 0.01") + qkv.count("@ 0.001") == 2  # one best lr per task

@@ -16,7 +16,7 @@ from nas.engine import outcome
 from nas.engine.lifecycle import EngineRun
 from nas.engine.signals import STOP_SIGNALS, Stop, stop_on_signals
 from nas.engine.storage import open_storage
-from tests.conftest import tiny_study
+from tests.conftest import tiny_study, tiny_suite
 from tests.procs import Run, sandbox, states, training, wait_gone, wait_until  # noqa: F401  (sandbox: a fixture)
 
 STACK_DUMP = ("SIGTERM received", "logging.cc", "*** ", "Traceback")
@@ -133,23 +133,7 @@ def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(sandbox) -> None:  # noqa:
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
-SUITE = """
-kind = "probe_suite"
-name = "sigs"
-description = "a signal test"
-variants = ["qkv", "q_kv"]
-seeds = 4
-[grid]
-d_model = [32]
-n_layers = [1]
-n_heads = [2]
-length = [8]
-[budget]
-steps = 400
-batch_size = 8
-n_test = 16
-[tasks.copy]
-"""
+SUITE = tiny_suite(name="sigs", description="a signal test", seeds=4, steps=400)
 
 
 @pytest.mark.slow

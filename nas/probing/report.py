@@ -17,7 +17,7 @@ import numpy as np
 from nas.probing.job import point_text
 from nas.probing.outcomes import Cell, cell_text, cells
 from nas.probing.suite_config import SuiteConfig
-from nas.sweep import LR, best_rows, ranking_stability
+from nas.sweep import LR, best_rows, finite_mean, ranking_stability
 
 Rows = list[dict[str, Any]]
 
@@ -125,6 +125,7 @@ def _mean_text(entry: dict[str, Any] | None) -> str:
 
 
 def _sweep(config: SuiteConfig, rows: Rows) -> list[str]:
+    assert config.lr_sweep is not None
     probe = [r for r in rows if r["metric"] == "accuracy"]
     best = best_rows(probe, ["variant", "task"], "value", maximize=True)
     shared = shared_rows(config, probe)
@@ -135,7 +136,7 @@ def _sweep(config: SuiteConfig, rows: Rows) -> list[str]:
             at_best = [r for r in best if r["variant"] == name and r["task"] == entry.label]
             at_shared = [r["value"] for r in shared if r["variant"] == name and r["task"] == entry.label]
             lr = f"{at_best[0][LR]:g}" if at_best else "–"
-            row.append(f"{_nanmean([r['value'] for r in at_best]):.3f} @ {lr} (shared {_nanmean(at_shared):.3f})")
+            row.append(f"{finite_mean([r['value'] for r in at_best]):.3f} @ {lr} (shared {finite_mean(at_shared):.3f})")
         body.append(row)
     stab = ranking_stability(probe, "variant", "value", maximize=True)
     taus = ", ".join(f"lr {k}: τ {v:.2f}" for k, v in stab.tau.items())
@@ -144,12 +145,7 @@ def _sweep(config: SuiteConfig, rows: Rows) -> list[str]:
              "beside its accuracy at the shared one. Ranking by mean accuracy over every task: at each design's best "
              f"lr {' > '.join(map(str, stab.orders['best']))}; Kendall's τ of each lr's ranking against it: {taus}; "
              f"the same best design at {stab.same_winner:.0%} of the learning rates.", ""]
-            + _table(["variant", *[e.label for e in config.tasks]], body)) if config.lr_sweep else []
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+            + _table(["variant", *[e.label for e in config.tasks]], body))
 
 
 def _not_run(config: SuiteConfig) -> list[str]:
