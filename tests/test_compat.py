@@ -73,3 +73,17 @@ def test_optunas_hypervolume_history_is_reachable() -> None:
         study.add_trial(optuna.trial.create_trial(values=values))
     numbers, values = compat.hypervolume_history(study.trials, study.directions, [4.0, 0.0])
     assert numbers == [0, 1, 2] and values == [6.0, 7.0, 7.0], "optuna.visualization._hypervolume_history changed"
+
+
+def test_count_trials_matches_a_listing_on_sqlite_and_in_memory(tmp_path) -> None:
+    from nas.engine.storage import open_storage
+
+    for storage in (open_storage(f"sqlite:///{tmp_path / 'c.db'}"), None):
+        study = optuna.create_study(storage=storage)
+        for x in range(5):
+            study.enqueue_trial({"x": x})
+        study.tell(study.ask(), 1.0)  # pops a queued trial
+        study.ask()  # another one, left running
+        counted = {s: compat.count_trials(study, (s,)) for s in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)}
+        assert counted == {TrialState.WAITING: 3, TrialState.RUNNING: 1, TrialState.COMPLETE: 1}
+        assert compat.count_trials(study, (TrialState.WAITING, TrialState.COMPLETE)) == 4

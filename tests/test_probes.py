@@ -371,6 +371,9 @@ def test_suite_runs_and_writes_the_table(tmp_path) -> None:
     mixer_row = next(line for line in markdown.splitlines() if line.startswith("| mixer |") and "±" in line)
     grand = np.mean([r["value"] for r in runs if r["variant"] == "mixer"])
     assert mixer_row.endswith(f"| {cell['mean']:.3f} ± {cell['std']:.3f} | {grand:.3f} |")
+    # The cost line sums the runs' own times, which a continued suite's last invocation does not show.
+    run_s, cpu_s = sum(r["wall_s"] for r in runs), sum(r["cpu_s"] for r in runs)
+    assert f"36 probe runs, 0 LM runs: {run_s:.0f} s of run time in all ({cpu_s:.0f} CPU-s)" in markdown
 
 
 @pytest.mark.parametrize("where, key, value, message", [

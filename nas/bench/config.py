@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from nas.config.base import Section, run_folder, storage_or_sqlite, validate
+from nas.config.data import DataField, as_stored
 from nas.config.loader import load_raw
 from nas.config.study import RayConfig, ResourcesConfig, SpaceConfig, StudyConfig
 from nas.measure import MeasureSettings
@@ -33,7 +34,7 @@ class TableConfig(Section):
     name: str
     directory: str | None = None  # None → studies/<name>
     space: SpaceConfig
-    data: str | None = None  # None → the shipped Shakespeare corpus
+    data: DataField = None  # None → the shipped corpus; a path or a [data] table (nas/config/data.py)
     budget: TrainBudget
     objectives: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -89,7 +90,8 @@ class TableConfig(Section):
         """The study engine's trial config of one run: this table's settings at one seed."""
         return validate(StudyConfig, {
             "name": self.name, "directory": str(self.table_dir), "space": self.space.model_dump(mode="json"),
-            "data": self.data, "budget": {**self.budget_dict(), "seed": seed}, "objectives": list(self.study_objectives),
+            "data": as_stored(self.data), "budget": {**self.budget_dict(), "seed": seed},
+            "objectives": list(self.study_objectives),
             "measure": self.model_dump(mode="json")["measure"], "trials": 1,
         }, f"table {self.name!r}")
 

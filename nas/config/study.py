@@ -12,18 +12,17 @@ file and the stored config keep them flat (``[budget] lr = 3e-3``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nas.config.base import Section, run_folder, validate
+from nas.config.data import DataField
 from nas.config.loader import apply_override, load_raw
 from nas.config.sweep import LRSweep
-from nas.corpus import DataSource
 from nas.measure import MeasureSettings
 from nas.probing.probe import ProbeBudget
 from nas.train import TrainBudget
@@ -123,10 +122,7 @@ class StudyConfig(Section):
     name: str
     directory: str | None = None  # None → studies/<name>
     space: SpaceConfig = Field(default_factory=SpaceConfig)
-    # None → the shipped Shakespeare corpus; a path (``data = "corpus/"``), or a table
-    # (``[data] path, tokenizer, vocab_size``: nas/corpus.py). A path alone is stored as the plain
-    # string it always was, so studies stored before the table resume unchanged.
-    data: DataSource | None = None
+    data: DataField = None  # None → the shipped corpus; a path or a [data] table (nas/config/data.py)
     budget: TrainBudget
     objectives: tuple[str, ...]
     constraints: dict[str, float] = Field(default_factory=dict)
@@ -154,22 +150,6 @@ class StudyConfig(Section):
             raise ValueError("lr_sweep trains each trial at several learning rates, which rungs of one learning "
                              "curve cannot rank; set fidelity.scheduler = \"none\" or remove lr_sweep")
         return self
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _path_is_a_source(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"path": value}
-        if value is not None and not isinstance(value, (dict, DataSource)):
-            raise ValueError(f"{value!r} is no data; give a path (data = \"corpus/\") or a [data] table of path, "
-                             "tokenizer and vocab_size")
-        return value
-
-    @field_serializer("data")
-    def _plain_path(self, data: DataSource | None) -> str | dict[str, Any] | None:
-        if data is None or data.plain:
-            return None if data is None else data.path
-        return {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
 
     @field_validator("name")
     @classmethod

@@ -1,11 +1,11 @@
 """Every use of an Optuna private attribute, behind one small adapter.
 
 Optuna's public API has no "fail this trial by id", no "read one trial by id" cheaper than
-listing the study, no public name for the parameters of an enqueued trial, no way to store a
-trial's data where ``optuna trials`` and optuna-dashboard do not print it (a trial system
-attribute), no constraint writer that optuna-dashboard reads, and no hypervolume history of a
-chosen list of trials. Checked against Optuna 4.5 and 5.0; ``tests/test_compat.py`` fails if any
-of these attributes disappears.
+listing the study, no count of a study's trials in a state cheaper than listing them, no public
+name for the parameters of an enqueued trial, no way to store a trial's data where ``optuna
+trials`` and optuna-dashboard do not print it (a trial system attribute), no constraint writer
+that optuna-dashboard reads, and no hypervolume history of a chosen list of trials. Checked
+against Optuna 4.5 and 5.0; ``tests/test_compat.py`` fails if any of these attributes disappears.
 (Ray needs none: the engine's searcher implements Ray Tune's public ``Searcher`` contract.)
 """
 from __future__ import annotations
@@ -34,6 +34,26 @@ def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
 def frozen(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTrial:
     """The trial as stored now (one query, not a listing of the whole study)."""
     return storage_of(study).get_trial(trial_id_of(trial))
+
+
+def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    """How many of the study's trials are in ``states``, counted by the database where there is
+    one. Optuna's cached RDB storage reads every unfinished trial in full on each listing: with a
+    probe suite's 1,440 queued trials that was 0.24 s per count, several counts per trial, and
+    the Ray driver took 40% of a core away from 2 trial workers."""
+    storage = storage_of(study)
+    backend = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDBStorage
+    if isinstance(backend, optuna.storages.RDBStorage):
+        from optuna.storages._rdb import models
+
+        session = backend.scoped_session()
+        try:
+            return int(session.query(models.TrialModel)
+                       .filter(models.TrialModel.study_id == study._study_id, models.TrialModel.state.in_(states))
+                       .count())
+        finally:
+            session.close()
+    return len(storage.get_all_trials(study._study_id, deepcopy=False, states=states))
 
 
 def heartbeat_stale_ids(study: optuna.Study) -> set[int]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.engine.compat import fail_trial
+from nas.engine.compat import count_trials, fail_trial
 from nas.engine.job import BaseJob
 from nas.engine.record import ATTR_ERROR, ATTR_REASON, is_stale
 
@@ -69,7 +69,9 @@ class FixedTrialsJob(BaseJob):
         queue_missing(study, self.wanted(), self.key_of, what=self.what, user_attrs=self.queue_attrs)
 
     def remaining(self, study: optuna.Study) -> int:
-        return len(waiting_keys(study, self.key_of) & set(self.wanted()))
+        """The queued trials: after ``prepare`` (which fails every queued trial that is no longer
+        wanted) each is a wanted key, so a count in the database answers without reading them."""
+        return count_trials(study, (TrialState.WAITING,))
 
     def progress(self, study: optuna.Study) -> tuple[int, int]:
         wanted = self.wanted()

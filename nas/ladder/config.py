@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from nas.common import atomic_write_text
 from nas.config import ModelShape, RayConfig, ResourcesConfig, Section, apply_override, load_raw, presets, validate
 from nas.config.base import run_folder, storage_or_sqlite
+from nas.config.data import DataField
 from nas.ladder.grid import grid
 from nas.sweep import LRSweep
 from nas.train import TrainBudget, TrainSettings
@@ -60,7 +61,7 @@ class LadderConfig(Section):
     kind: Literal["ladder"] = Field(default="ladder", exclude=True)
     name: str
     directory: str | None = None  # None → studies/<name>
-    data: str | None = None  # None → the shipped Shakespeare corpus
+    data: DataField = None  # None → the shipped corpus; a path or a [data] table (nas/config/data.py)
     baseline: str = "qkv"  # a variant name or a spec file
     designs: tuple[str, ...] = ()  # variant names or spec files
     from_export: str | None = None  # a study's export folder: its specs/*.json join the designs

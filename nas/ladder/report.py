@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.common import atomic_write_text
+from nas.config.data import data_text
 from nas.ladder.analysis import Analysis, analyse, iso_flop, kv_points, pareto_mask
 from nas.ladder.config import LadderConfig
 from nas.ladder.grid import grid
@@ -82,7 +83,7 @@ def _header(a: Analysis) -> str:
         f"Baseline **{a.baseline}** against {', '.join(f'**{d}**' for d in a.designs if d != a.baseline)}; "
         f"sizes {', '.join(a.sizes)} (d_model, pattern repeats); {len(c.tokens_per_param)} token budgets "
         f"({', '.join(f'{t:g}' for t in c.tokens_per_param)} tokens per baseline parameter); seeds "
-        f"{', '.join(str(s) for s in c.seeds)}. Data: {c.data or 'shipped Shakespeare corpus (byte-level)'}; "
+        f"{', '.join(str(s) for s in c.seeds)}. Data: {data_text(c.data)}; "
         f"batch {c.budget.batch_size}, peak lr {c.budget.lr:g}, cosine schedule.",
         "",
         f"{done} of {total} finished runs completed; training took {wall:.0f} s in all (sum over runs). "

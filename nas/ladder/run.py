@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import engine
 from nas.config import StudyConfig
+from nas.config.data import as_stored
 from nas.engine import attrs
 from nas.engine.job import ConfiguredJob, Payload, Record, Report, no_report
 from nas.engine.queue import FixedTrialsJob
@@ -36,7 +37,7 @@ STEP_OBJECTIVES = ("val_loss", "kv_cache_bytes_per_token")  # what each point's 
 def point_study_config(config: LadderConfig, point: Point) -> StudyConfig:
     """The study engine's trial config for one point: its token budget and seed."""
     return StudyConfig.model_validate({
-        "name": config.name, "directory": str(config.ladder_dir), "data": config.data, "trials": 1,
+        "name": config.name, "directory": str(config.ladder_dir), "data": as_stored(config.data), "trials": 1,
         "budget": dataclasses.asdict(point_budget(config, point)), "objectives": STEP_OBJECTIVES,
     })
 

@@ -43,7 +43,12 @@ def to_markdown(config: SuiteConfig, table: Rows, rows: Rows, wall_s: float, exp
         lines += _sweep(config, rows)
     lines += _not_run(config)
     n_probe = sum(r["metric"] == "accuracy" for r in rows)
-    lines += ["", f"{n_probe} probe runs, {len(rows) - n_probe} LM runs, {wall_s:.0f} s wall time."]
+    # The runs' own times: a suite stopped and continued (or tabulated with --report) spans
+    # several invocations, and this one's wall time alone says nothing of the suite's cost.
+    run_s, cpu_s = (math.fsum(v for r in rows if isinstance(v := r.get(k), float) and math.isfinite(v))
+                    for k in ("wall_s", "cpu_s"))
+    lines += ["", f"{n_probe} probe runs, {len(rows) - n_probe} LM runs: {run_s:.0f} s of run time in all "
+              f"({cpu_s:.0f} CPU-s); this invocation took {wall_s:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
