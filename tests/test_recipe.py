@@ -3,6 +3,7 @@ iterated for epochs, and probe-suite reports that read pass-or-fail outcomes hon
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 
 import numpy as np
@@ -189,8 +190,11 @@ def test_suite_report_reads_cells_budgets_and_the_papers_figures(tmp_path) -> No
     text = result["markdown"]
     for piece in ("## Solved per cell", "### copy", "## Accuracy against budget", "| variant | epoch 1 | epoch 2 |",
                   "grand mean", "paper (published)", "their Table 2", "| 0.851 |", "## Not run here",
-                  "d16 L1 h2 len12", "qkvnas probe-suite --preset big --device cuda"):
+                  "d16 L1 h2 len12", "qkvnas probe-suite --preset big --device cuda",
+                  # The means cover the points run, not the grid named; the mode answer is per length.
+                  "over the 2 grid points run here", "the 1 not run are listed", "at length 6, "):
         assert piece in text, piece
+    assert re.search(r"### copy \(most-frequent-digit answer: 0\.\d\d at length 6, 0\.\d\d at length 8\)", text)
     assert (tmp_path / "cells.parquet").exists()
 
 
