@@ -256,3 +256,23 @@ def test_suite_sweep_reports_each_design_at_its_best_learning_rate(tmp_path) -> 
     assert "## Learning-rate sweep" in text and "Kendall's τ" in text and "(shared " in text
     qkv = next(line for line in text.splitlines() if line.startswith("| qkv |") and "@" in line)
     assert qkv.count("@ 0.01") + qkv.count("@ 0.001") == 2  # one best lr per task
+
+
+# ---- the results kept with the code --------------------------------------------------------
+@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_lr"])
+def test_kept_results_rebuild_from_their_storage(preset: str, tmp_path, capsys) -> None:
+    """results/PRESET/table.md is what `--report` writes from results/PRESET/suite.db: the tables
+    the README quotes stay true to the storage, and a change to the report shows here first."""
+    import shutil
+    from pathlib import Path
+
+    from nas.cli import main
+
+    kept = Path(__file__).resolve().parent.parent / "results" / preset
+    shutil.copy(kept / "suite.db", tmp_path / "suite.db")  # a copy: --report must not touch the kept file
+    assert main(["probe-suite", "--preset", preset, "--out", str(tmp_path), "--report"]) == 0
+    rebuilt = (tmp_path / "table.md").read_text().splitlines()
+    expected = (kept / "table.md").read_text().splitlines()
+    # The last line gives the wall time of the invocation that wrote it; everything else must match.
+    assert rebuilt[:-1] == expected[:-1]
+    assert rebuilt[-1].split("; this invocation")[0] == expected[-1].split("; this invocation")[0]
