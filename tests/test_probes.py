@@ -334,7 +334,7 @@ budget = { steps = 3 }
 """
 
 
-@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_small", "paper_synthetic_gpu", "paper_synthetic_lr", "causal_probes"])
+@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_small", "paper_synthetic_gpu", "paper_synthetic_lr", "paper_synthetic_lr_len64", "causal_probes"])
 def test_shipped_presets_parse(preset: str) -> None:
     from nas.probing import load_suite, preset_names
 

@@ -259,7 +259,7 @@ def test_suite_sweep_reports_each_design_at_its_best_learning_rate(tmp_path) -> 
 
 
 # ---- the results kept with the code --------------------------------------------------------
-@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_lr"])
+@pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_lr", "paper_synthetic_lr_len64"])
 def test_kept_results_rebuild_from_their_storage(preset: str, tmp_path, capsys) -> None:
     """results/PRESET/table.md is what `--report` writes from results/PRESET/suite.db: the tables
     the README quotes stay true to the storage, and a change to the report shows here first."""
