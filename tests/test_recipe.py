@@ -241,6 +241,13 @@ def test_shipped_paper_presets_follow_the_paper() -> None:
     assert faithful.published is not None and faithful.published.values["qkv_single"] == 0.780
     small = load_suite("paper_synthetic_small")
     assert small.budget == faithful.budget and small.model == faithful.model and len(small.run_points()) == 4
+    # The learning-rate presets claim their shared-rate runs repeat paper_synthetic's: same recipe,
+    # a subset of its points, and the paper's rate among the swept ones.
+    for name in ("paper_synthetic_lr", "paper_synthetic_lr_len64"):
+        lr = load_suite(name)
+        assert lr.budget == faithful.budget and lr.model == faithful.model and lr.variants == faithful.variants
+        assert all(p in points for p in lr.run_points()) and lr.lr_sweep is not None and 1e-3 in lr.lr_sweep.values
+        assert all(lr.seeds_at(p) == faithful.seeds_at(p) for p in lr.run_points())
 
 
 def test_suite_sweep_reports_each_design_at_its_best_learning_rate(tmp_path) -> None:
@@ -260,7 +267,7 @@ def test_suite_sweep_reports_each_design_at_its_best_learning_rate(tmp_path) -> 
 
 # ---- the results kept with the code --------------------------------------------------------
 @pytest.mark.parametrize("preset", ["paper_synthetic", "paper_synthetic_lr", "paper_synthetic_lr_len64"])
-def test_kept_results_rebuild_from_their_storage(preset: str, tmp_path, capsys) -> None:
+def test_kept_results_rebuild_from_their_storage(preset: str, tmp_path) -> None:
     """results/PRESET/table.md is what `--report` writes from results/PRESET/suite.db: the tables
     the README quotes stay true to the storage, and a change to the report shows here first."""
     import shutil
