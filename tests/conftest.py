@@ -1,10 +1,19 @@
 import dataclasses
+import signal
 
 import pytest
 import torch
 
 from search_spaces.spec import ArchSpec
 from search_spaces.variants import variant
+
+# The signal tests need SIGINT and SIGHUP as a terminal delivers them. A suite started with nohup,
+# or in the background of a shell without job control, inherits them ignored (and so would every
+# run it starts), so give them back their defaults here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 # Every design family of the search space, on a tiny base; the tests run over all of them.
 TINY = ArchSpec(vocab_size=64, context=32, d_model=32, n_heads=4, ffn_dim=64,
